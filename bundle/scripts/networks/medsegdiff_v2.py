@@ -1,0 +1,187 @@
+"""MedSegDiff-V2: Condition Model + Diffusion Model joined by the Anchor Condition and the Semantic Condition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import TimestepEmbedding, norm
+from .ss_former import SSFormer
+from .unet import ConditionModel, ConditionOutput, UNetTrunk
+from .usa import USA, SpatialAttention
+
+ANCHOR_MODES = ("none", "sa", "usa")
+SEMANTIC_MODES = ("none", "ssformer", "ssformer_nbp")
+
+PRESETS: dict[str, dict] = {
+    # 256x256 as in the paper: 46,880,035 parameters with 3 image channels and 1 class (Table 5 reports 46 M)
+    "paper": {
+        "channels": (64, 128, 192, 256, 256),
+        "cond_channels": (32, 64, 128, 256, 256),
+        "num_res_blocks": 2,
+        "former_dim": 256,
+        "former_depth": 4,
+        "former_heads": 8,
+        "patch_size": 1,
+        "filter_width": 16,
+        "filter_blocks": 6,
+    },
+    # trains on a 2-core CPU at 64-128 px
+    "small": {
+        "channels": (16, 32, 64, 128),
+        "cond_channels": (16, 32, 64, 128),
+        "num_res_blocks": 1,
+        "former_dim": 64,
+        "former_depth": 4,
+        "former_heads": 4,
+        "patch_size": 1,
+        "filter_width": 8,
+        "filter_blocks": 6,
+    },
+}
+
+
+class MedSegDiffV2(nn.Module):
+    """eps_theta(x_t, I, t) = D(TransF(E^I, E^x), t) (eq. 2) with U-SA anchor condition (eq. 4-5) and SS-Former.
+
+    Args:
+        in_channels: image channels (1 for CT/MR, 3 for RGB).
+        out_channels: mask channels, one per foreground class (one-hot; 1 for a binary task).
+        preset: ``"paper"`` or ``"small"``; explicit keyword arguments override the preset's values.
+        anchor: Anchor Condition, ``"none"`` | ``"sa"`` | ``"usa"`` (Table 4).
+        semantic: Semantic Condition, ``"none"`` | ``"ssformer"`` (without filter) | ``"ssformer_nbp"`` (Table 4).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        preset: str | None = "paper",
+        anchor: str = "usa",
+        semantic: str = "ssformer_nbp",
+        channels: Sequence[int] | None = None,
+        cond_channels: Sequence[int] | None = None,
+        num_res_blocks: int | None = None,
+        former_dim: int | None = None,
+        former_depth: int | None = None,
+        former_heads: int | None = None,
+        patch_size: int | None = None,
+        filter_width: int | None = None,
+        filter_blocks: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None.")
+        if anchor not in ANCHOR_MODES:
+            raise ValueError(f"Unknown anchor condition {anchor!r}; choose one of {ANCHOR_MODES}.")
+        if semantic not in SEMANTIC_MODES:
+            raise ValueError(f"Unknown semantic condition {semantic!r}; choose one of {SEMANTIC_MODES}.")
+        given = {
+            "channels": channels,
+            "cond_channels": cond_channels,
+            "num_res_blocks": num_res_blocks,
+            "former_dim": former_dim,
+            "former_depth": former_depth,
+            "former_heads": former_heads,
+            "patch_size": patch_size,
+            "filter_width": filter_width,
+            "filter_blocks": filter_blocks,
+        }
+        cfg = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in given.items() if v is not None}}
+        missing = [k for k, v in given.items() if k not in cfg]
+        if missing:
+            raise ValueError(f"Without a preset these arguments are required: {missing}.")
+        if len(cfg["channels"]) != len(cfg["cond_channels"]):
+            raise ValueError("channels and cond_channels need the same number of levels (same total stride).")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.anchor_mode, self.semantic_mode = anchor, semantic
+        ch = tuple(cfg["channels"])
+        emb_dim = 4 * ch[0]
+
+        self.condition_model = ConditionModel(
+            in_channels, out_channels, cfg["cond_channels"], cfg["num_res_blocks"], dropout
+        )
+        self.time_embed = TimestepEmbedding(ch[0], emb_dim)
+        self.stem = nn.Conv2d(out_channels, ch[0], 3, padding=1)
+        anchor_ch = cfg["cond_channels"][0]
+        self.anchor_condition = {"none": None, "sa": SpatialAttention, "usa": USA}[anchor]
+        self.anchor_condition = self.anchor_condition(anchor_ch) if self.anchor_condition else None
+        self.trunk = UNetTrunk(ch, cfg["num_res_blocks"], emb_dim=emb_dim, dropout=dropout)
+        self.semantic_condition = (
+            SSFormer(
+                cond_channels=cfg["cond_channels"][-1],
+                noise_channels=ch[-1],
+                emb_dim=emb_dim,
+                dim=cfg["former_dim"],
+                depth=cfg["former_depth"],
+                heads=cfg["former_heads"],
+                patch_size=cfg["patch_size"],
+                use_filter=semantic == "ssformer_nbp",
+                filter_width=cfg["filter_width"],
+                filter_blocks=cfg["filter_blocks"],
+            )
+            if semantic != "none"
+            else None
+        )
+        self.out = nn.Sequential(norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], out_channels, 3, padding=1))
+        self.size_divisor = self.trunk.stride * (cfg["patch_size"] if semantic != "none" else 1)
+
+    # -- input checks -------------------------------------------------------------------------------------------
+    def _check(self, t: torch.Tensor, channels: int, what: str) -> None:
+        if t.ndim != 4:
+            raise ValueError(
+                f"MedSegDiffV2 is a 2D network: {what} must be (B, C, H, W), got shape {tuple(t.shape)}"
+                + (" (a 3D volume? slice it first, e.g. with SliceInferer)." if t.ndim == 5 else ".")
+            )
+        if t.shape[1] != channels:
+            raise ValueError(f"{what} has {t.shape[1]} channels, the network expects {channels}.")
+        h, w = t.shape[-2:]
+        if h % self.size_divisor or w % self.size_divisor:
+            raise ValueError(
+                f"{what} size {h}x{w} is not divisible by the network's total stride {self.size_divisor}; "
+                "resize or pad to a multiple of it."
+            )
+
+    def _timesteps(self, timesteps: int | float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(timesteps, device=device, dtype=torch.float32).reshape(-1)
+        if t.numel() == 1:
+            return t.expand(batch)
+        if t.numel() != batch:
+            raise ValueError(f"timesteps has {t.numel()} values for a batch of {batch}.")
+        return t
+
+    # -- the two models ------------------------------------------------------------------------------------------
+    def condition(self, image: torch.Tensor) -> ConditionOutput:
+        """Runs the Condition Model once; reuse the result for every sampling step and ensemble member."""
+        self._check(image, self.in_channels, "image")
+        return self.condition_model(image)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: int | float | torch.Tensor,
+        image: torch.Tensor | None = None,
+        condition: ConditionOutput | None = None,
+    ) -> torch.Tensor:
+        """Predicts the noise in ``x`` (the noisy mask x_t) given the image or its cached ``condition``."""
+        self._check(x, self.out_channels, "x (noisy mask)")
+        if condition is None:
+            if image is None:
+                raise ValueError("Pass either image or a cached condition (from MedSegDiffV2.condition).")
+            condition = self.condition(image)
+        if condition.feature.shape[0] != x.shape[0] or condition.feature.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"condition is for batch/size {tuple(condition.feature.shape[:1])}/{tuple(condition.feature.shape[-2:])}"
+                f" but x is {tuple(x.shape[:1])}/{tuple(x.shape[-2:])}; use condition.repeat_interleave(n) for ensembles."
+            )
+        emb = self.time_embed(self._timesteps(timesteps, x.shape[0], x.device))
+        f_d = self.stem(x)  # f_d^0
+        if self.anchor_condition is not None:
+            f_d = self.anchor_condition(f_d, condition.feature)  # f_d'^0 (eq. 5)
+        e, skips = self.trunk.encode(f_d, emb)
+        if self.semantic_condition is not None:
+            e = self.semantic_condition(condition.embedding, e, emb)  # TransF(E^I, E^x)
+        return self.out(self.trunk.decode(e, skips, emb))  # D(., t)

@@ -1,0 +1,27 @@
+"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does) and data locations."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if str(BUNDLE) not in sys.path:
+    sys.path.insert(0, str(BUNDLE))
+
+
+@pytest.fixture(scope="session")
+def bundle_root() -> Path:
+    return BUNDLE
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
