@@ -172,10 +172,11 @@ class MedSegDiffV2(nn.Module):
             if image is None:
                 raise ValueError("Pass either image or a cached condition (from MedSegDiffV2.condition).")
             condition = self.condition(image)
-        if condition.feature.shape[0] != x.shape[0] or condition.feature.shape[-2:] != x.shape[-2:]:
+        got, want = tuple(condition.feature.shape), (x.shape[0], condition.feature.shape[1], *x.shape[-2:])
+        if got != want:
             raise ValueError(
-                f"condition is for batch/size {tuple(condition.feature.shape[:1])}/{tuple(condition.feature.shape[-2:])}"
-                f" but x is {tuple(x.shape[:1])}/{tuple(x.shape[-2:])}; use condition.repeat_interleave(n) for ensembles."
+                f"condition features have shape {got} but x needs {want}; "
+                "use condition.repeat_interleave(n) to run n ensemble members per image."
             )
         emb = self.time_embed(self._timesteps(timesteps, x.shape[0], x.device))
         f_d = self.stem(x)  # f_d^0
