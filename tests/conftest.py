@@ -25,3 +25,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    """The small embedded demo datasets (``isic/`` 2D, ``hippocampus/`` 3D), each with a ``datalist.json``."""
+    return BUNDLE / "data" / "demo"

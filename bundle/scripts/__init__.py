@@ -1,5 +1,5 @@
 """Custom components of the MedSegDiff-V2 bundle (importable as ``scripts`` from the bundle root)."""
 
-from . import networks
+from . import data, diffusion, handlers, networks, sampling
 
-__all__ = ["networks"]
+__all__ = ["data", "diffusion", "handlers", "networks", "sampling"]

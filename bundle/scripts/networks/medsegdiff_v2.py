@@ -165,8 +165,13 @@ class MedSegDiffV2(nn.Module):
         timesteps: int | float | torch.Tensor,
         image: torch.Tensor | None = None,
         condition: ConditionOutput | None = None,
-    ) -> torch.Tensor:
-        """Predicts the noise in ``x`` (the noisy mask x_t) given the image or its cached ``condition``."""
+        with_anchor: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Predicts the noise in ``x`` (the noisy mask x_t) given the image or its cached ``condition``.
+
+        ``with_anchor=True`` also returns the Condition Model's anchor logits (for the anchor loss of eq. 3), so that
+        training runs through one ``forward`` call, as DistributedDataParallel requires.
+        """
         self._check(x, self.out_channels, "x (noisy mask)")
         if condition is None:
             if image is None:
@@ -185,4 +190,5 @@ class MedSegDiffV2(nn.Module):
         e, skips = self.trunk.encode(f_d, emb)
         if self.semantic_condition is not None:
             e = self.semantic_condition(condition.embedding, e, emb)  # TransF(E^I, E^x)
-        return self.out(self.trunk.decode(e, skips, emb))  # D(., t)
+        eps = self.out(self.trunk.decode(e, skips, emb))  # D(., t)
+        return (eps, condition.anchor_logits) if with_anchor else eps

@@ -1,0 +1,89 @@
+"""Checkpoint handlers: atomic saving and resuming a killed run from its latest checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from ignite.engine import Engine
+from ignite.handlers import ProgressBar
+from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """``CheckpointSaver`` whose files are written to a temporary file and renamed, so a crash never leaves a
+    truncated checkpoint (MONAI's saver writes in place). Ignite's atomic ``DiskSaver`` keeps group/other read bits.
+
+    With ``engine_key`` the engine it is attached to is saved too under that key (its epoch and iteration, for
+    resuming), which a config cannot reference without a circular reference.
+    """
+
+    def __init__(self, *args, engine_key: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
+        for ckpt in self._checkpoints():
+            ckpt.save_handler._atomic = True
+
+    def _checkpoints(self) -> list:
+        return [c for c in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint) if c]
+
+    def attach(self, engine: Engine) -> None:
+        if self.engine_key:
+            for ckpt in self._checkpoints():
+                ckpt.to_save[self.engine_key] = engine
+        super().attach(engine)
+
+
+def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> Path | None:
+    """The interval checkpoint with the highest epoch/iteration number in ``ckpt_dir`` (``None`` if there is none)."""
+    best, best_n = None, -1
+    for path in Path(ckpt_dir).glob(f"{prefix}*.pt"):
+        match = re.search(r"=(\d+)\.pt$", path.name)
+        n = int(match.group(1)) if match else -1
+        if n > best_n:
+            best, best_n = path, n
+    return best
+
+
+class ResumeFromLatestCheckpoint(CheckpointLoader):
+    """Loads the latest interval checkpoint of ``ckpt_dir`` (network, EMA network, optimizer, and the state of the
+    engine it is attached to, under ``engine_key``) when ``enabled``; the trainer then continues from the saved epoch.
+    Without a checkpoint it logs a warning and training starts fresh."""
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        load_dict: dict,
+        enabled: bool = True,
+        engine_key: str = "trainer",
+        map_location: str = "cpu",
+    ) -> None:
+        if isinstance(enabled, str):
+            raise ValueError(f"resume must be True or False, got the string {enabled!r} (on the CLI write --resume True).")
+        self.ckpt_dir, self.enabled, self.engine_key = Path(ckpt_dir), enabled, engine_key
+        super().__init__(load_path=str(self.ckpt_dir / "unset.pt"), load_dict=load_dict, map_location=map_location)
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            logger.warning(f"resume requested but no checkpoint in {self.ckpt_dir}: training starts from scratch.")
+            return
+        self.load_path = str(path)
+        self.load_dict[self.engine_key] = engine
+        logger.info(f"resuming from {path}")
+        super().attach(engine)
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's tqdm progress bar showing the running loss (attachable from a bundle config)."""
+
+    def __init__(self, persist: bool = True, **kwargs) -> None:
+        super().__init__(persist=persist, **kwargs)
+
+    def attach(self, engine: Engine, *args, **kwargs) -> None:  # type: ignore[override]
+        super().attach(engine, output_transform=lambda output: {"loss": from_engine(["loss"], first=True)(output)})
