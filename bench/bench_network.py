@@ -29,6 +29,7 @@ import resource
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,13 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
 
-from scripts.networks import PRESETS, MedSegDiffV2  # noqa: E402
+try:
+    from scripts.networks import PRESETS, MedSegDiffV2
+except ImportError:  # the bundle's other modules need MONAI/ignite; the network needs torch alone (e.g. a bare GPU box)
+    _stub = types.ModuleType("scripts")
+    _stub.__path__ = [str(BUNDLE / "scripts")]
+    sys.modules["scripts"] = _stub
+    from scripts.networks import PRESETS, MedSegDiffV2
 
 aten = torch.ops.aten
 
@@ -275,7 +282,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"interop={env['torch_interop_threads']}, "
         f"backend={env['aten_parallel_backend']}, mkldnn={env['mkldnn']}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}",
         f"- load average at start {fmt_load(env['loadavg_start'])}, at end {fmt_load(env.get('loadavg_end'))}; "
-        f"timings: median (min) of {cfg['repeats']} after {cfg['warmup']} warm-up",
+        f"timings: median (min) of {cfg['repeats']} after {cfg['warmup']} warm-up; "
+        f"peak RSS of the process {env.get('max_rss_gib', float('nan')):.1f} GiB",
         "",
         "| parameters | count | share |",
         "|---|---:|---:|",

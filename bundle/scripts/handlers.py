@@ -4,18 +4,44 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ignite.engine import Engine
-from ignite.handlers import ProgressBar
+from ignite.handlers import DiskSaver, ProgressBar
 from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 
 logger = logging.getLogger(__name__)
 
 
+class SafeDiskSaver(DiskSaver):
+    """Ignite ``DiskSaver`` that writes atomically (temporary file + rename, group/other read bits kept) and removes
+    superseded checkpoints only AFTER the new one is on disk; ignite removes the old file before writing the new one,
+    so a crash during the write would otherwise leave no checkpoint at all. ``filename`` fixes the file name."""
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False, atomic=True)
+        self.filename = filename
+        self._superseded: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        filename = self.filename or filename
+        super().__call__(checkpoint, filename, metadata)
+        for old in self._superseded:
+            if old != filename:
+                super().remove(old)
+        self._superseded.clear()
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(self.filename or filename)
+
+    def remove_after_next_save(self, paths: Iterable[Path]) -> None:
+        self._superseded.extend(p.name for p in paths)
+
+
 class AtomicCheckpointSaver(CheckpointSaver):
-    """``CheckpointSaver`` whose files are written to a temporary file and renamed, so a crash never leaves a
-    truncated checkpoint (MONAI's saver writes in place). Ignite's atomic ``DiskSaver`` keeps group/other read bits.
+    """``CheckpointSaver`` whose files are written by ``SafeDiskSaver``: a crash never leaves a truncated checkpoint
+    or no checkpoint (MONAI's saver writes in place).
 
     With ``engine_key`` the engine it is attached to is saved too under that key (its epoch and iteration, for
     resuming), which a config cannot reference without a circular reference.
@@ -25,7 +51,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         for ckpt in self._checkpoints():
-            ckpt.save_handler._atomic = True
+            ckpt.save_handler = SafeDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
 
     def _checkpoints(self) -> list:
         return [c for c in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint) if c]
@@ -34,6 +60,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if self.engine_key:
             for ckpt in self._checkpoints():
                 ckpt.to_save[self.engine_key] = engine
+        ckpt = self._interval_checkpoint
+        if ckpt is not None:
+            # interval checkpoints of an earlier (e.g. resumed) run are replaced once the first new one is written
+            name = "checkpoint" if len(ckpt.to_save) > 1 else next(iter(ckpt.to_save))
+            prefix = f"{ckpt.filename_prefix}_" if ckpt.filename_prefix else ""
+            step = "epoch" if self.epoch_level else "iteration"
+            ckpt.save_handler.remove_after_next_save(Path(self.save_dir).glob(f"{prefix}{name}_{step}=*.pt"))
         super().attach(engine)
 
 
@@ -62,7 +95,7 @@ class ResumeFromLatestCheckpoint(CheckpointLoader):
         map_location: str = "cpu",
     ) -> None:
         if isinstance(enabled, str):
-            raise ValueError(f"resume must be True or False, got the string {enabled!r} (on the CLI write --resume True).")
+            raise ValueError(f"resume must be True or False, got the string {enabled!r} (on the CLI: --resume True).")
         self.ckpt_dir, self.enabled, self.engine_key = Path(ckpt_dir), enabled, engine_key
         super().__init__(load_path=str(self.ckpt_dir / "unset.pt"), load_dict=load_dict, map_location=map_location)
 

@@ -100,7 +100,7 @@ class DiffusionSegmentationInferer(Inferer):
         if inputs.ndim == 4:
             return self._sample_2d(inputs, network, generator)
         if inputs.ndim != 5:
-            raise ValueError(f"Expected a 2D batch (B, C, H, W) or a 3D batch (B, C, H, W, D), got {tuple(inputs.shape)}.")
+            raise ValueError(f"Expected a 2D (B, C, H, W) or 3D (B, C, H, W, D) batch, got {tuple(inputs.shape)}.")
         in_plane = [s for i, s in enumerate(inputs.shape[2:]) if i != self.slice_axis]
         slicer = SliceInferer(
             roi_size=in_plane, sw_batch_size=self.slice_batch, spatial_dim=self.slice_axis, overlap=0.0, progress=False

@@ -1,0 +1,194 @@
+"""The training workflow run through monai.bundle on the embedded real data (issue 3), with tiny overrides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from scripts.handlers import AtomicCheckpointSaver, latest_checkpoint
+
+TINY = {
+    "roi_size": 32,
+    "batch_size": 8,
+    "num_workers": 0,
+    "epochs": 1,
+    "val_interval": 1,
+    "val_steps": 2,
+    "ema_momentum": 0.1,
+    "ema_warmup_iters": 1,
+    "network_def#preset": None,
+    "network_def#channels": [8, 16, 16],
+    "network_def#cond_channels": [8, 16, 16],
+    "network_def#num_res_blocks": 1,
+    "network_def#former_dim": 16,
+    "network_def#former_depth": 4,
+    "network_def#former_heads": 2,
+    "network_def#patch_size": 1,
+    "network_def#filter_width": 4,
+    "network_def#filter_blocks": 6,
+}
+
+
+def workflow(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
+    configs = [str(bundle_root / "configs" / "train.yaml")] + [str(bundle_root / "configs" / o) for o in overlays]
+    wf = ConfigWorkflow(
+        config_file=configs,
+        workflow_type="train",
+        meta_file=None,
+        logging_file=None,
+        **{
+            "bundle_root": str(bundle_root),
+            "ckpt_dir": str(tmp / "models"),
+            "output_dir": str(tmp / "runs"),
+            **TINY,
+            **overrides,
+        },
+    )
+    wf.initialize()
+    return wf
+
+
+def run_recording(wf: ConfigWorkflow) -> dict:
+    """Runs the workflow and returns per-iteration losses, epochs started and the validation Dice."""
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    record: dict = {"losses": [], "epochs": []}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: record["losses"].append(e.state.output[0]["loss"]))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: record["epochs"].append(e.state.epoch))
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    record["dice"] = evaluator.state.metrics.get("val_mean_dice")
+    record["trainer_epoch"] = trainer.state.epoch
+    wf.finalize()
+    return record
+
+
+def test_2d_binary_training_writes_checkpoints_and_validation_dice(bundle_root: Path, tmp_path: Path) -> None:
+    wf = workflow(bundle_root, tmp_path, "quick.yaml")
+    assert not wf.check_properties(), wf.check_properties()  # model-zoo required keys are present
+    rec = run_recording(wf)
+    assert len(rec["losses"]) == 4 and all(torch.isfinite(torch.as_tensor(rec["losses"])))
+    assert 0.0 <= rec["dice"] <= 1.0
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net = wf.parser.get_parsed_content("network_def")
+    net.load_state_dict(model)  # the best checkpoint holds the (EMA) network weights
+    ckpt = torch.load(latest_checkpoint(tmp_path / "models"), map_location="cpu", weights_only=True)
+    assert {"network", "ema", "optimizer", "trainer"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == 4 and ckpt["trainer"]["epoch_length"] == 4
+    assert (tmp_path / "runs").is_dir() and any((tmp_path / "runs").iterdir())  # TensorBoard events
+
+
+def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(bundle_root: Path, tmp_path: Path) -> None:
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
+    val = next(iter(wf.parser.get_parsed_content("validate#dataloader")))
+    assert val["image"].ndim == 5 and val["label"].shape[1] == 2  # whole volume, one-hot
+    rec = run_recording(wf)
+    assert rec["trainer_epoch"] == 1 and 0.0 <= rec["dice"] <= 1.0
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_same_seed_same_first_epoch_loss(bundle_root: Path, tmp_path: Path) -> None:
+    a = run_recording(workflow(bundle_root, tmp_path / "a", "quick.yaml", val_interval=5))
+    b = run_recording(workflow(bundle_root, tmp_path / "b", "quick.yaml", val_interval=5))
+    c = run_recording(workflow(bundle_root, tmp_path / "c", "quick.yaml", val_interval=5, seed=1))
+    assert a["losses"] == b["losses"]
+    assert a["losses"] != c["losses"]
+
+
+def test_resume_continues_from_the_saved_epoch(bundle_root: Path, tmp_path: Path) -> None:
+    first = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", val_interval=5))
+    assert first["epochs"] == [1]
+    saved = torch.load(latest_checkpoint(tmp_path / "models"), map_location="cpu", weights_only=True)
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", val_interval=5, epochs=2, resume=True)
+    net, trainer = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("train#trainer")
+    at_start: dict = {}
+
+    def snapshot(engine) -> None:
+        if not at_start:
+            at_start.update({k: v.clone() for k, v in net.state_dict().items()}, iteration=engine.state.iteration)
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, snapshot)
+    second = run_recording(wf)
+    assert second["epochs"] == [2]  # epoch 1 is not repeated
+    assert second["trainer_epoch"] == 2
+    assert latest_checkpoint(tmp_path / "models").name == "checkpoint_epoch=2.pt"
+    assert not (tmp_path / "models" / "checkpoint_epoch=1.pt").exists()  # n_saved=1, replaced after the new one
+    # the resumed run started from the saved weights and iteration count, not from a fresh initialisation
+    assert at_start.pop("iteration") == len(first["losses"]) + 1
+    assert all(torch.equal(saved["network"][k], v) for k, v in at_start.items())
+    fresh = run_recording(workflow(bundle_root, tmp_path / "fresh", "quick.yaml", val_interval=5, epochs=2))
+    assert fresh["epochs"] == [1, 2]
+
+
+def test_resume_rejects_the_string_false(bundle_root: Path, tmp_path: Path) -> None:
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", resume="false")
+    with pytest.raises(RuntimeError) as err:
+        wf.parser.get_parsed_content("train#handlers")
+    assert "resume must be True or False" in repr(err.value.__cause__) + str(err.value)
+
+
+def test_checkpoint_write_is_atomic_and_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while writing a new checkpoint leaves the previous one intact, loadable, and no partial file."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"network": net}, save_interval=1, n_saved=1, engine_key="trainer"
+    )
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    first = tmp_path / "checkpoint_epoch=1.pt"
+    before = first.read_bytes()
+    assert set(torch.load(first, weights_only=True)) == {"network", "trainer"}
+
+    real_save = torch.save
+
+    def crash_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="killed while writing"):
+        engine.run([0], max_epochs=2)
+    assert first.read_bytes() == before  # the previous checkpoint survives
+    assert not (tmp_path / "checkpoint_epoch=2.pt").exists()  # no half-written file under the final name
+    assert latest_checkpoint(tmp_path) == first  # what a resumed run loads
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(training=[]), "section 'training' is empty"),
+        (lambda d: d["training"][0].update(image="missing.jpg"), "file not found"),
+        (lambda d: d["validation"][0].update(label=d["training"][0]["image"]), "label has 3 channels"),
+    ],
+)
+def test_bad_datalist_stops_before_training_without_touching_outputs(
+    bundle_root: Path, tmp_path: Path, mutate, message: str
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(bundle_root / "data" / "demo" / "isic", data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    mutate(datalist)
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"earlier work")
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", dataset_dir=str(data))
+    with pytest.raises(RuntimeError) as err:
+        wf.run()
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    assert any(message in c for c in chain), chain
+    assert (models / "model.pt").read_bytes() == b"earlier work"
+    assert not list((tmp_path / "models").glob("checkpoint*"))
