@@ -58,6 +58,18 @@ def test_every_parameter_gets_a_gradient_from_the_combined_loss() -> None:
     assert not zero, f"parameters with an all-zero gradient: {zero}"
 
 
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        net = tiny(1, 1, gradient_checkpointing=ckpt)
+        torch.manual_seed(1)
+        out = net(torch.randn(2, 1, 32, 32), torch.tensor([3, 9]), image=torch.randn(2, 1, 32, 32))
+        out.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 def _names(net: MedSegDiffV2) -> set[str]:
     return {n for n, _ in net.named_parameters()}
 

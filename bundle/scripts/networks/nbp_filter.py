@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def frequency_coordinates(grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
@@ -49,7 +50,13 @@ class NBPFilter(nn.Module):
         first = torch.full((int(inverse.max()) + 1,), emb.shape[0], device=emb.device, dtype=torch.long)
         first = first.scatter_reduce(0, inverse, torch.arange(emb.shape[0], device=emb.device), reduce="amin")
         unique = emb[first]  # differentiable: indexes the original embeddings
-        x = frequency_coordinates(grid, emb.device).to(emb.dtype)[None].expand(unique.shape[0], -1, -1, -1)
+        coords = frequency_coordinates(grid, emb.device).to(emb.dtype)[None].expand(unique.shape[0], -1, -1, -1)
+        if self.training and torch.is_grad_enabled():
+            # recompute in backward: the L x L maps would otherwise hold ~0.8 GB per case at 256x256 (paper preset)
+            return checkpoint(self._filter, coords, unique, use_reentrant=False)[inverse]
+        return self._filter(coords, unique)[inverse]
+
+    def _filter(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x, unique)
-        return torch.sigmoid(self.out(x))[inverse]
+            x = blk(x, emb)
+        return torch.sigmoid(self.out(x))

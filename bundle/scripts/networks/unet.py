@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import Downsample, ResBlock, Upsample, norm
 
@@ -20,9 +21,11 @@ class UNetTrunk(nn.Module):
         num_res_blocks: int = 2,
         emb_dim: int | None = None,
         dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.channels = tuple(channels)
+        self.gradient_checkpointing = gradient_checkpointing
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         prev = channels[0]
@@ -45,16 +48,21 @@ class UNetTrunk(nn.Module):
     def stride(self) -> int:
         return 2 ** (len(self.channels) - 1)
 
+    def _block(self, blk: ResBlock, h: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, h, emb, use_reentrant=False)  # trade compute for activation memory
+        return blk(h, emb)
+
     def encode(self, h: torch.Tensor, emb: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns the deepest embedding and the per-level skip features."""
         skips = []
         for blocks, down in zip(self.down, self.downsample, strict=False):
             for blk in blocks:
-                h = blk(h, emb)
+                h = self._block(blk, h, emb)
             skips.append(h)
             h = down(h)
         for blk in self.mid:
-            h = blk(h, emb)
+            h = self._block(blk, h, emb)
         return h, skips
 
     def decode(self, h: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +70,7 @@ class UNetTrunk(nn.Module):
         for blocks, up, skip in zip(self.up, self.upsample, reversed(skips), strict=False):
             h = torch.cat([h, skip], dim=1)
             for blk in blocks:
-                h = blk(h, emb)
+                h = self._block(blk, h, emb)
             h = up(h)
         return h
 
@@ -89,10 +97,11 @@ class ConditionModel(nn.Module):
         channels: Sequence[int],
         num_res_blocks: int = 2,
         dropout: float = 0.0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
-        self.trunk = UNetTrunk(channels, num_res_blocks, emb_dim=None, dropout=dropout)
+        self.trunk = UNetTrunk(channels, num_res_blocks, None, dropout, gradient_checkpointing)
         self.head = nn.Sequential(norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], out_channels, 1))
 
     def forward(self, image: torch.Tensor) -> ConditionOutput:
