@@ -44,6 +44,7 @@ __all__ = [
     "NormalizeIntensityByModalityd",
     "find_folder_cases",
     "load_datalist",
+    "load_images",
     "split_cases",
     "validate_datalist",
 ]
@@ -433,6 +434,62 @@ def load_datalist(
     ``"$scripts.data.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)"``.
     ``kwargs`` go to :func:`validate_datalist`."""
     return validate_datalist(datalist, dataset_dir, num_classes, spatial_dims, keys=(key,), **kwargs)[key]
+
+
+def load_images(
+    source: PathLike | Mapping | Sequence | None,
+    dataset_dir: PathLike,
+    spatial_dims: int,
+    key: str = "testing",
+    in_channels: int | None = None,
+    image_key: str = "image",
+) -> list[dict]:
+    """Cases to segment, ``[{"image": path}, ...]``, from a datalist JSON (section ``key``), a list, a folder of
+    images/volumes (each file or DICOM series sub-folder is a case), or a single file. Each image is checked up front
+    (readable, dimensionality, channels, finite intensities); a bad case is reported with a warning and skipped, so a
+    batch run still writes the others. Raises :class:`DataValidationError` when no valid case is left."""
+    root = Path(dataset_dir).expanduser().resolve()
+    src = root if source is None or (isinstance(source, str) and not source.strip()) else source
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src).expanduser()
+        path = path if path.is_absolute() or path.exists() else root / path
+        if path.is_file() and path.name.lower().endswith(".json"):
+            items = _read_sections(str(path), root, (key,), 0.0, 0)[key]
+        elif path.is_dir() and not _is_dicom_series(path):
+            items = [str(p) for p in _entries(path) if not p.name.startswith(".") and not p.name.endswith(".json")]
+        elif path.exists():
+            items = [str(path)]
+        else:
+            raise DataValidationError(f"{path}: input not found")
+    elif isinstance(src, Mapping):
+        items = _read_sections(src, root, (key,), 0.0, 0)[key]
+    else:
+        items = list(src)
+    cases, bad = [], []
+    for item in items:
+        entry = item[image_key] if isinstance(item, Mapping) else item
+        path = _resolve(entry, root)
+        try:
+            info = _read(path, with_data=True)
+            _check_dims(info, spatial_dims)
+            _check_image_values(info)
+            if in_channels is not None and info.channels != in_channels:
+                raise DataValidationError(f"{path}: image has {info.channels} channels, expected {in_channels}")
+        except DataValidationError as e:
+            bad.append(str(e))
+            logger.warning(f"skipping a bad case: {e}")
+            continue
+        cases.append({**(dict(item) if isinstance(item, Mapping) else {}), image_key: path})
+    if not cases:
+        raise DataValidationError("no valid input case to segment:\n  " + "\n  ".join(bad or ["(empty input)"]))
+    logger.info(f"{len(cases)} case(s) to segment, {len(bad)} skipped")
+    return cases
+
+
+def _is_dicom_series(folder: Path) -> bool:
+    """A folder holding DICOM files directly (a series) rather than one case per entry."""
+    files = [p for p in folder.iterdir() if p.is_file()]
+    return bool(files) and all(p.suffix.lower() in (".dcm", "") for p in files)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

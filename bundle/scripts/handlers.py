@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import torch
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver, ProgressBar
 from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
@@ -120,3 +121,36 @@ class LossProgressBar(ProgressBar):
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # type: ignore[override]
         super().attach(engine, output_transform=lambda output: {"loss": from_engine(["loss"], first=True)(output)})
+
+
+class WeightsLoader(CheckpointLoader):
+    """``CheckpointLoader`` (``weights_only=True``, ``map_location``) with clear errors: a missing file, or weights
+    that do not fit the configured network (naming the missing, unexpected and mismatched keys)."""
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(
+                f"no weights at {self.load_path}: train first (configs/train.yaml) or set --ckpt_path to a checkpoint"
+            )
+        try:
+            super().__call__(engine)
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            raise ValueError(f"{self.load_path} does not match the configured network: {self._mismatch()}") from None
+
+    def _mismatch(self) -> str:
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
+        key, module = next(iter(self.load_dict.items()))
+        saved = saved.get(key, saved) if isinstance(saved, Mapping) else saved
+        own = module.state_dict()
+        missing = sorted(set(own) - set(saved))
+        unexpected = sorted(set(saved) - set(own))
+        shapes = [
+            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in saved and saved[k].shape != v.shape
+        ]
+        parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
+        parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
+        return "; ".join(parts) + ". Check preset, image_channels, num_classes, anchor and semantic against training."

@@ -29,6 +29,8 @@ class DiffusionSegmentationInferer(Inferer):
         slice_axis: spatial axis along which a 3D volume (B, C, H, W, D) is sliced; volumes go through
             ``SliceInferer`` with ``slice_batch`` slices at a time, so memory is bounded by slices, not the volume.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast.
+        eta: DDIM's eta (0: deterministic DDIM steps; ignored by other schedulers).
+        progress: show a per-slice progress bar for volumes.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class DiffusionSegmentationInferer(Inferer):
         slice_batch: int = 8,
         autocast_dtype: torch.dtype | None = None,
         eta: float = 0.0,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -55,6 +58,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.slice_batch = slice_batch
         self.autocast_dtype = autocast_dtype
         self.eta = eta
+        self.progress = progress
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -103,6 +107,10 @@ class DiffusionSegmentationInferer(Inferer):
             raise ValueError(f"Expected a 2D (B, C, H, W) or 3D (B, C, H, W, D) batch, got {tuple(inputs.shape)}.")
         in_plane = [s for i, s in enumerate(inputs.shape[2:]) if i != self.slice_axis]
         slicer = SliceInferer(
-            roi_size=in_plane, sw_batch_size=self.slice_batch, spatial_dim=self.slice_axis, overlap=0.0, progress=False
+            roi_size=in_plane,
+            sw_batch_size=self.slice_batch,
+            spatial_dim=self.slice_axis,
+            overlap=0.0,
+            progress=self.progress,
         )
         return slicer(inputs, lambda x: self._sample_2d(x, network, generator))

@@ -1,0 +1,143 @@
+"""Fusion of an ensemble of sampled masks: Warfield's STAPLE (SimpleITK), mean, majority vote; uncertainty map."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.special import entr
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("staple", "mean", "vote")
+
+
+def staple_binary(samples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Binary STAPLE of N {0,1} masks (N, *spatial) with SimpleITK; returns the {0,1} consensus.
+
+    STAPLE's EM is undefined (NaN) when every rater is all-empty or all-full, which is common on 2D slices; then all
+    raters agree and their common mask is returned. Any other NaN falls back to majority vote, with a warning.
+    """
+    samples = (samples > 0).astype(np.uint8)
+    if (samples == samples[0]).all():
+        return samples[0].copy()
+    prob = sitk.GetArrayFromImage(sitk.STAPLE([sitk.GetImageFromArray(s) for s in samples], 1.0))
+    if np.isnan(prob).any():
+        logger.warning("STAPLE returned NaN; using the majority vote instead")
+        return vote(samples[:, None])[0]
+    return (prob >= threshold).astype(np.uint8)
+
+
+def staple_multilabel(label_maps: np.ndarray) -> np.ndarray:
+    """Multi-class STAPLE of N label maps (N, *spatial) with SimpleITK's ``MultiLabelSTAPLEImageFilter``."""
+    label_maps = label_maps.astype(np.uint8)
+    if (label_maps == label_maps[0]).all():
+        return label_maps[0].copy()
+    f = sitk.MultiLabelSTAPLEImageFilter()
+    f.SetLabelForUndecidedPixels(255)
+    fused = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m) for m in label_maps]))
+    undecided = fused == 255
+    if undecided.any():  # ties: take the majority label of the raters there
+        fused[undecided] = _mode(label_maps)[undecided]
+    return fused
+
+
+def _mode(label_maps: np.ndarray) -> np.ndarray:
+    counts = np.stack([(label_maps == k).sum(0) for k in range(int(label_maps.max()) + 1)])
+    return counts.argmax(0).astype(np.uint8)
+
+
+def vote(samples: np.ndarray) -> np.ndarray:
+    """Per-class majority vote of (N, K, *spatial) binary samples -> (K, *spatial) {0,1} (ties count as foreground)."""
+    return (samples.mean(0) >= 0.5).astype(np.uint8)
+
+
+def onehot_to_labels(onehot: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Foreground channels (one per class, {0,1}) -> integer labels 0..K along ``channel_axis``.
+
+    Where channels overlap the class with the highest index wins.
+    """
+    onehot = np.moveaxis(onehot > 0, channel_axis, 0)
+    labels = np.zeros(onehot.shape[1:], dtype=np.uint8)
+    for k in range(onehot.shape[0]):
+        labels[onehot[k]] = k + 1
+    return labels
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy in bits of a per-pixel foreground frequency p in [0, 1]."""
+    return (entr(p) + entr(1 - p)) / np.log(2)
+
+
+def fuse(samples: np.ndarray, method: str = "staple") -> np.ndarray:
+    """(N, K, *spatial) binary samples -> (*spatial) label map 0..K fused with ``method``."""
+    if method not in METHODS:
+        raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
+    k = samples.shape[1]
+    if method == "mean":  # soft voting: the class (background included) with the highest mean frequency
+        freq = samples.mean(0)
+        return np.concatenate([1 - freq.max(0, keepdims=True), freq]).argmax(0).astype(np.uint8)
+    if method == "vote":
+        return onehot_to_labels(vote(samples), 0)
+    if k == 1:
+        return staple_binary(samples[:, 0])
+    return staple_multilabel(np.stack([onehot_to_labels(s, 0) for s in samples]))
+
+
+class EnsembleFusiond(MapTransform):
+    """Fuses the ensemble in ``keys`` (N*K binary sample channels, member-major) into a label map and adds an
+    uncertainty map.
+
+    Output: ``keys`` -> (1, *spatial) uint8 labels 0..K; ``uncertainty_key`` -> (1, *spatial) float32, the entropy in
+    bits of the ensemble's per-pixel foreground frequency (maximum over classes; 0 = all members agree); with
+    ``samples_key`` the individual samples are kept as (N, *spatial) label maps.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ensemble_size: int,
+        method: str = "staple",
+        uncertainty_key: str | None = "uncertainty",
+        samples_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if method not in METHODS:
+            raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
+        self.ensemble_size, self.method = ensemble_size, method
+        self.uncertainty_key, self.samples_key = uncertainty_key, samples_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            arr = torch.as_tensor(pred).detach().cpu().numpy()
+            if arr.shape[0] % self.ensemble_size:
+                raise ValueError(
+                    f"{key} has {arr.shape[0]} channels, not a multiple of ensemble_size={self.ensemble_size}"
+                )
+            samples = (arr > 0.5).reshape(self.ensemble_size, -1, *arr.shape[1:]).astype(np.uint8)
+            d[key] = self._like(pred, fuse(samples, self.method)[None])
+            if self.uncertainty_key:
+                entropy = binary_entropy(samples.mean(0)).max(0)[None].astype(np.float32)
+                d[self.uncertainty_key] = self._like(pred, entropy)
+            if self.samples_key:
+                d[self.samples_key] = self._like(pred, np.stack([onehot_to_labels(s, 0) for s in samples]))
+        return d
+
+    @staticmethod
+    def _like(ref: Any, array: np.ndarray) -> torch.Tensor:
+        out = torch.as_tensor(array)
+        return (
+            MetaTensor(out, meta=ref.meta, applied_operations=ref.applied_operations)
+            if isinstance(ref, MetaTensor)
+            else out
+        )

@@ -1,0 +1,50 @@
+"""DDPM sampling with fewer steps than training, respaced from the training noise schedule (Nichol & Dhariwal 2021)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.schedulers import DDPMScheduler
+
+
+class RespacedDDPMScheduler(DDPMScheduler):
+    """``DDPMScheduler`` whose ``set_timesteps(n)`` gives a proper n-step ancestral sampler.
+
+    MONAI's ``DDPMScheduler.step`` always moves from t to t-1, so after ``set_timesteps(100)`` it would denoise
+    only one training step per sampling step. Here each step goes from t_i to the next kept timestep t_{i+1} with the
+    respaced betas beta'_i = 1 - abar(t_i) / abar(t_{i+1}) (the paper's "100 sampling steps" of a T=1000 model).
+    """
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        super().set_timesteps(num_inference_steps, device)
+        self.timesteps = torch.unique(self.timesteps).flip(0)  # descending, no duplicates after rounding
+        steps = self.timesteps.cpu()
+        self._prev = {int(t): int(p) for t, p in zip(steps[:-1], steps[1:], strict=True)}
+
+    def previous_timestep(self, timestep: int) -> int:
+        """The kept timestep after ``timestep`` (-1 after the last one)."""
+        return getattr(self, "_prev", {}).get(int(timestep), int(timestep) - 1 if int(timestep) > 0 else -1)
+
+    def step(
+        self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t, prev = int(timestep), self.previous_timestep(timestep)
+        abar_t = self.alphas_cumprod[t].to(sample.device)
+        abar_prev = self.alphas_cumprod[prev].to(sample.device) if prev >= 0 else self.one.to(sample.device)
+        beta = 1 - abar_t / abar_prev
+        if self.prediction_type == "epsilon":
+            x0 = (sample - (1 - abar_t).sqrt() * model_output) / abar_t.sqrt()
+        elif self.prediction_type == "sample":
+            x0 = model_output
+        else:  # v_prediction
+            x0 = abar_t.sqrt() * sample - (1 - abar_t).sqrt() * model_output
+        if self.clip_sample:
+            x0 = x0.clamp(*self.clip_sample_values)
+        # posterior q(x_prev | x_t, x0) of the respaced chain, eq. 6-7 of Ho et al. with beta'
+        mean = (abar_prev.sqrt() * beta / (1 - abar_t)) * x0 + (
+            (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar_t)
+        ) * sample
+        if prev < 0:
+            return mean, x0
+        variance = (beta * (1 - abar_prev) / (1 - abar_t)).clamp(min=1e-20)
+        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return mean + variance.sqrt() * noise, x0

@@ -1,0 +1,297 @@
+"""Inference (issue 4): samplers, STAPLE fusion, geometry-preserving round trips, repeatability, bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from PIL import Image
+
+from scripts.fusion import EnsembleFusiond, fuse, staple_binary, staple_multilabel
+from scripts.networks import MedSegDiffV2
+from scripts.sampling import DiffusionSegmentationInferer
+from scripts.schedulers import RespacedDDPMScheduler
+
+NET = {
+    "preset": None,
+    "channels": [8, 16, 16],
+    "cond_channels": [8, 16, 16],
+    "num_res_blocks": 1,
+    "former_dim": 16,
+    "former_depth": 2,
+    "former_heads": 2,
+    "patch_size": 1,
+    "filter_width": 4,
+    "filter_blocks": 6,
+}
+FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
+
+
+def tiny_net(in_ch: int, out_ch: int, seed: int = 0) -> MedSegDiffV2:
+    torch.manual_seed(seed)
+    return MedSegDiffV2(in_ch, out_ch, **NET).eval()
+
+
+def save_weights(path: Path, in_ch: int, out_ch: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_net(in_ch, out_ch).state_dict(), path)
+    return path
+
+
+def run_inference(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
+    configs = [str(bundle_root / "configs" / "inference.yaml")] + [str(bundle_root / "configs" / o) for o in overlays]
+    net = {f"network_def#{k}": v for k, v in NET.items()}
+    wf = ConfigWorkflow(
+        config_file=configs,
+        workflow_type="infer",
+        meta_file=str(bundle_root / "configs" / "metadata.json"),
+        logging_file=None,
+        **{"bundle_root": str(bundle_root), "output_dir": str(tmp / "out"), **FAST, **net, **overrides},
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+# -- samplers ----------------------------------------------------------------------------------------------------------
+class OracleEps(torch.nn.Module):
+    """Predicts the exact noise of x_t for a known x0: a correct sampler must end at x0."""
+
+    def __init__(self, x0: torch.Tensor, scheduler) -> None:
+        super().__init__()
+        self.x0, self.abar = x0, scheduler.alphas_cumprod
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        a = self.abar[int(t)]
+        return (x - a.sqrt() * self.x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("cls, steps", [(RespacedDDPMScheduler, 100), (DDIMScheduler, 10), (RespacedDDPMScheduler, 7)])
+def test_samplers_recover_x0_with_an_oracle(cls, steps: int) -> None:
+    scheduler = cls(num_train_timesteps=1000, schedule="linear_beta")
+    scheduler.set_timesteps(steps)
+    x0 = torch.rand(1, 1, 8, 8).round() * 2 - 1
+    oracle, x = OracleEps(x0, scheduler), torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert len(scheduler.timesteps) == steps and scheduler.timesteps[0] > scheduler.timesteps[-1]
+    for t in scheduler.timesteps:
+        x, _ = scheduler.step(oracle(x, t), int(t), x)
+    torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)
+
+
+def test_respaced_ddpm_with_all_steps_is_monai_ddpm() -> None:
+    ours, monai_ = (c(num_train_timesteps=1000, schedule="linear_beta") for c in (RespacedDDPMScheduler, DDPMScheduler))
+    ours.set_timesteps(1000)
+    x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    for t in (999, 500, 1, 0):
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(t))
+        b = monai_.step(eps, t, x, generator=torch.Generator().manual_seed(t))
+        torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a[1], b[1], atol=1e-4, rtol=1e-4)
+
+
+def test_ensemble_sampling_with_cached_condition_equals_the_uncached_loop() -> None:
+    net, image = tiny_net(1, 2), torch.randn(2, 1, 32, 32)
+    inferer = DiffusionSegmentationInferer(DDIMScheduler(1000), num_inference_steps=3, ensemble_size=4, seed=5)
+    cached = inferer.sample(image, net, torch.Generator().manual_seed(5))
+    # reference: every step and member recomputes the Condition Model from the image
+    scheduler, g = DDIMScheduler(1000), torch.Generator().manual_seed(5)
+    scheduler.set_timesteps(3)
+    x = torch.randn((8, 2, 32, 32), generator=g)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x, _ = scheduler.step(net(x, t, image=image.repeat_interleave(4, 0)), int(t), x, eta=0.0, generator=g)
+    torch.testing.assert_close(cached, (x > 0).float().reshape(2, 4, 2, 32, 32))
+
+
+def test_condition_model_runs_once_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, calls = tiny_net(1, 1), []
+    original = net.condition_model.forward
+    monkeypatch.setattr(net.condition_model, "forward", lambda image: calls.append(image.shape[0]) or original(image))
+    DiffusionSegmentationInferer(DDIMScheduler(1000), num_inference_steps=4, ensemble_size=5)(
+        torch.randn(2, 1, 32, 32), net
+    )
+    assert calls == [2]  # one batched call for 2 images, not once per step (4) or member (5)
+
+
+def test_sampling_is_repeatable_under_a_seed() -> None:
+    net, image = tiny_net(1, 1), torch.randn(1, 1, 32, 32)
+    make = lambda seed: DiffusionSegmentationInferer(DDIMScheduler(1000), 3, 4, fusion="samples", seed=seed)  # noqa
+    a, b, c = make(1)(image, net), make(1)(image, net), make(2)(image, net)
+    assert torch.equal(a, b) and a.shape == (1, 4, 32, 32)
+    assert not torch.equal(a, c)
+
+
+# -- fusion ------------------------------------------------------------------------------------------------------------
+def _disc_samples(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    return np.stack([((yy - 16 + rng.integers(-3, 4)) ** 2 + (xx - 16) ** 2 < rng.integers(40, 90)) for _ in range(n)])
+
+
+def test_binary_staple_matches_simpleitk() -> None:
+    samples = _disc_samples(7).astype(np.uint8)
+    direct = sitk.GetArrayFromImage(sitk.STAPLE([sitk.GetImageFromArray(s) for s in samples], 1.0)) >= 0.5
+    np.testing.assert_array_equal(staple_binary(samples), direct.astype(np.uint8))
+    assert 0 < staple_binary(samples).sum() < samples[0].size
+
+
+def test_multilabel_staple_matches_simpleitk() -> None:
+    a, b = _disc_samples(5, 1).astype(np.uint8), _disc_samples(5, 2).astype(np.uint8)
+    maps = np.where(b > 0, 2, a).astype(np.uint8)  # two overlapping-free structures per rater
+    f = sitk.MultiLabelSTAPLEImageFilter()
+    f.SetLabelForUndecidedPixels(255)
+    direct = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m) for m in maps]))
+    ours = staple_multilabel(maps)
+    decided = direct != 255
+    np.testing.assert_array_equal(ours[decided], direct[decided])
+    assert set(np.unique(ours)) <= {0, 1, 2}
+
+
+def test_staple_nan_guard_for_all_empty_and_all_full() -> None:
+    empty, full = np.zeros((5, 16, 16), np.uint8), np.ones((5, 16, 16), np.uint8)
+    with np.errstate(all="ignore"):
+        raw = sitk.GetArrayFromImage(sitk.STAPLE([sitk.GetImageFromArray(s) for s in empty], 1.0))
+    assert np.isnan(raw).any()  # the failure the guard exists for
+    np.testing.assert_array_equal(staple_binary(empty), empty[0])
+    np.testing.assert_array_equal(staple_binary(full), full[0])
+    np.testing.assert_array_equal(fuse(np.zeros((4, 3, 8, 8), np.uint8)), np.zeros((8, 8)))
+
+
+def test_fusion_transform_outputs_labels_and_uncertainty() -> None:
+    samples = np.zeros((3, 2, 8, 8), np.float32)  # 3 members, 2 classes
+    samples[:, 0, :4] = 1  # all members agree on class 1 in the top half
+    samples[0, 1, 6:] = 1  # one member of three sees class 2 at the bottom
+    for method in ("staple", "vote", "mean"):
+        out = EnsembleFusiond("pred", ensemble_size=3, method=method, samples_key="samples")(
+            {"pred": torch.as_tensor(samples.reshape(6, 8, 8))}
+        )
+        labels = out["pred"][0].numpy()
+        assert (labels[:4] == 1).all() and (labels[6:] == 0).all() and out["samples"].shape == (3, 8, 8)
+        unc = out["uncertainty"][0].numpy()
+        assert unc[:4].max() == 0 and unc[6:].min() == pytest.approx(0.9183, abs=1e-3)  # H(1/3) in bits
+    with pytest.raises(ValueError, match="multiple of ensemble_size"):
+        EnsembleFusiond("pred", ensemble_size=4)({"pred": torch.zeros(6, 8, 8)})
+
+
+# -- whole workflow ----------------------------------------------------------------------------------------------------
+def test_2d_inference_writes_masks_of_the_input_size(bundle_root: Path, tmp_path: Path) -> None:
+    src = bundle_root / "data" / "demo" / "isic" / "images"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for p in sorted(src.glob("*.jpg"))[:2]:
+        shutil.copy(p, inputs / p.name)
+    ckpt = save_weights(tmp_path / "model.pt", 3, 1)
+    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+    for p in inputs.iterdir():
+        seg = np.asarray(Image.open(tmp_path / "out" / f"{p.stem}_seg.png"))
+        assert seg.shape == np.asarray(Image.open(p)).shape[:2] and set(np.unique(seg)) <= {0, 255}
+        unc = np.asarray(Image.open(tmp_path / "out" / f"{p.stem}_uncertainty.png"))
+        assert unc.shape == seg.shape
+    first = (tmp_path / "out" / f"{sorted(inputs.iterdir())[0].stem}_seg.png").read_bytes()
+    run_inference(bundle_root, tmp_path / "again", input=str(inputs), ckpt_path=str(ckpt))
+    assert (tmp_path / "again" / "out" / f"{sorted(inputs.iterdir())[0].stem}_seg.png").read_bytes() == first
+
+
+def _non_ras_volume(bundle_root: Path, path: Path) -> nib.Nifti1Image:
+    """A demo hippocampus volume re-stored with an oblique-free but non-RAS (LPI), anisotropic, offset affine."""
+    src = nib.load(sorted((bundle_root / "data" / "demo" / "hippocampus" / "imagesTr").glob("*.nii.gz"))[0])
+    data = np.asarray(src.dataobj, dtype=np.float32)[:, :, :10]
+    affine = np.diag([-0.8, -1.2, -2.5, 1.0])
+    affine[:3, 3] = [30.0, -12.0, 7.5]
+    img = nib.Nifti1Image(data, affine)
+    nib.save(img, path)
+    return img
+
+
+def test_3d_inference_keeps_shape_spacing_affine_and_orientation(bundle_root: Path, tmp_path: Path) -> None:
+    vol = _non_ras_volume(bundle_root, tmp_path / "case.nii.gz")
+    ckpt = save_weights(tmp_path / "model.pt", 1, 2)
+    run_inference(
+        bundle_root, tmp_path, "inference_volume.yaml", input=str(tmp_path / "case.nii.gz"), ckpt_path=str(ckpt)
+    )
+    seg = nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    unc = nib.load(tmp_path / "out" / "case_uncertainty.nii.gz")
+    for out in (seg, unc):
+        assert out.shape == vol.shape
+        np.testing.assert_allclose(out.affine, vol.affine, atol=1e-4)
+        assert nib.aff2axcodes(out.affine) == ("L", "P", "I")
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    u = np.asarray(unc.dataobj)
+    assert u.min() >= 0 and u.max() <= 1
+
+
+def test_dicom_series_in_gives_nifti_out(bundle_root: Path, tmp_path: Path) -> None:
+    src = sitk.ReadImage(str(sorted((bundle_root / "data" / "demo" / "hippocampus" / "imagesTr").glob("*.nii.gz"))[1]))
+    src = sitk.Cast(src[:, :, :8], sitk.sitkInt16)
+    series = tmp_path / "series"
+    series.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1"
+    for z in range(src.GetDepth()):
+        sl = src[:, :, z]
+        for tag, value in {
+            "0020|000e": uid,
+            "0020|0013": str(z + 1),
+            "0008|0060": "MR",
+            "0020|0032": "\\".join(map(str, src.TransformIndexToPhysicalPoint((0, 0, z)))),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"{z:03d}.dcm"))
+        writer.Execute(sl)
+    ckpt = save_weights(tmp_path / "model.pt", 1, 2)
+    run_inference(bundle_root, tmp_path, "inference_volume.yaml", input=str(series), ckpt_path=str(ckpt))
+    outs = list((tmp_path / "out").glob("*_seg.nii.gz"))
+    assert len(outs) == 1
+    assert nib.load(outs[0]).shape == tuple(src.GetSize())
+
+
+def test_batch_run_skips_and_reports_bad_cases(bundle_root: Path, tmp_path: Path, capfd) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
+    shutil.copy(good, inputs / good.name)
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    nan = np.full((16, 16), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), inputs / "nan.nii.gz")
+    vol = np.zeros((16, 16, 4), np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), inputs / "volume.nii.gz")
+    ckpt = save_weights(tmp_path / "model.pt", 3, 1)
+    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+    assert (tmp_path / "out" / f"{good.stem}_seg.png").is_file()
+    assert len(list((tmp_path / "out").glob("*_seg.png"))) == 1
+    log = "".join(capfd.readouterr())
+    assert "corrupt.png: cannot be read" in log
+    assert "volume.nii.gz: is a 3D volume" in log
+    assert "nan.nii.gz: image contains NaN or infinite intensities" in log
+
+
+def test_weights_that_do_not_fit_the_network_name_the_keys(bundle_root: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
+    shutil.copy(good, inputs / good.name)
+    ckpt = save_weights(tmp_path / "model.pt", 3, 2)  # trained for 2 classes, configured for 1
+    with pytest.raises(RuntimeError) as err:
+        run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+    messages = []
+    e: BaseException | None = err.value
+    while e is not None:
+        messages.append(str(e))
+        e = e.__cause__
+    text = " ".join(messages)
+    assert "does not match the configured network" in text and "shape mismatches" in text
+    assert "condition_model.head.2.weight" in text
+    with pytest.raises(RuntimeError) as err:
+        run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(tmp_path / "nope.pt"))
+    assert "no weights at" in str(err.value.__cause__ or err.value) + repr(err.value)
