@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.special import entr
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from scipy.special import entr
 
 logger = logging.getLogger(__name__)
 
