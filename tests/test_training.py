@@ -192,3 +192,26 @@ def test_bad_datalist_stops_before_training_without_touching_outputs(
     assert any(message in c for c in chain), chain
     assert (models / "model.pt").read_bytes() == b"earlier work"
     assert not list((tmp_path / "models").glob("checkpoint*"))
+
+
+def test_tracking_with_mlflow_records_the_run(bundle_root: Path, tmp_path: Path) -> None:
+    import mlflow
+    from monai.bundle import run
+
+    run(
+        config_file=[str(bundle_root / "configs" / "train.yaml"), str(bundle_root / "configs" / "quick.yaml")],
+        meta_file=str(bundle_root / "configs" / "metadata.json"),
+        logging_file=str(bundle_root / "configs" / "logging.conf"),
+        tracking="mlflow",
+        bundle_root=str(bundle_root),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "runs"),
+        **TINY,
+    )
+    db = tmp_path / "runs" / "mlruns.db"
+    assert db.is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs, "no MLflow run recorded"
+    metrics = set().union(*(r.data.metrics for r in runs))
+    assert "train_loss" in metrics and "val_mean_dice" in metrics, metrics

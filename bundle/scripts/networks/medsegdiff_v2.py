@@ -147,10 +147,12 @@ class MedSegDiffV2(nn.Module):
                 "resize or pad to a multiple of it."
             )
 
-    def _timesteps(self, timesteps: int | float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    def _timesteps(self, timesteps: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        """(B,) timesteps, or (1,) when the whole batch shares one (sampling): its embedding then broadcasts over
+        the batch and the NBP-Filters are computed once."""
         t = torch.as_tensor(timesteps, device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
-            return t.expand(batch)
+            return t
         if t.numel() != batch:
             raise ValueError(f"timesteps has {t.numel()} values for a batch of {batch}.")
         return t
