@@ -295,3 +295,34 @@ def test_weights_that_do_not_fit_the_network_name_the_keys(bundle_root: Path, tm
     with pytest.raises(RuntimeError) as err:
         run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(tmp_path / "nope.pt"))
     assert "no weights at" in str(err.value.__cause__ or err.value) + repr(err.value)
+
+
+def _as_if_saved_on_cuda(src: Path, dst: Path) -> None:
+    """Rewrites a torch zip checkpoint so that its storages say they were saved on 'cuda:0' (as on a GPU box): the
+    location is the pickled string 'cpu' in data.pkl (BINUNICODE opcode, length-prefixed, no byte offsets)."""
+    import struct
+    import zipfile
+
+    cpu, cuda = (b"X" + struct.pack("<I", len(v)) + v for v in (b"cpu", b"cuda:0"))
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert cpu in data
+                data = data.replace(cpu, cuda)
+            zout.writestr(item, data)
+
+
+def test_cuda_saved_weights_load_on_a_cpu_machine(bundle_root: Path, tmp_path: Path) -> None:
+    cpu = save_weights(tmp_path / "cpu.pt", 3, 1)
+    cuda = tmp_path / "cuda.pt"
+    _as_if_saved_on_cuda(cpu, cuda)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(cuda, weights_only=True)  # what a loader without map_location hits on a CPU machine
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
+    shutil.copy(good, inputs / good.name)
+    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(cuda))
+    assert (tmp_path / "out" / f"{good.stem}_seg.png").is_file()
