@@ -46,8 +46,9 @@ class UncachedInferer(DiffusionSegmentationInferer):
     def sample(self, image, network, generator=None):
         b, n, k = image.shape[0], self.ensemble_size, network.out_channels
         self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
-        images = image.repeat_interleave(n, 0)
+        images = image.repeat_interleave(n, 0).contiguous(memory_format=self.memory_format)
         x = torch.randn((b * n, k, *image.shape[2:]), generator=generator, device=image.device)
+        x = x.contiguous(memory_format=self.memory_format)
         autocast = (
             torch.autocast(image.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype
@@ -67,8 +68,15 @@ def sync(device: torch.device) -> None:
 
 def time_setting(net, image, kind: str, steps: int, ensemble: int, cached: bool, bf16: bool, repeats: int) -> float:
     cls = DiffusionSegmentationInferer if cached else UncachedInferer
+    net.to(memory_format=torch.channels_last if bf16 else torch.contiguous_format)
     inferer = cls(
-        scheduler(kind), steps, ensemble, fusion="samples", seed=0, autocast_dtype=torch.bfloat16 if bf16 else None
+        scheduler(kind),
+        steps,
+        ensemble,
+        fusion="samples",
+        seed=0,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
+        channels_last=bf16,
     )
     times = []
     for _ in range(repeats):
@@ -99,7 +107,6 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     net = MedSegDiffV2(args.in_channels, args.out_channels, preset=args.preset).to(device).eval()
-    net = net.to(memory_format=torch.channels_last)
     image = torch.rand(1, args.in_channels, args.size, args.size, device=device)
     info = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",

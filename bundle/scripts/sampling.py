@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ class DiffusionSegmentationInferer(Inferer):
             ``SliceInferer`` with ``slice_batch`` slices at a time, so memory is bounded by slices, not the volume.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the network under autocast.
         eta: DDIM's eta (0: deterministic DDIM steps; ignored by other schedulers).
+        channels_last: run the network in channels_last memory format (faster convolutions with bf16 on CPUs).
         progress: show a per-slice progress bar for volumes.
     """
 
@@ -45,6 +47,7 @@ class DiffusionSegmentationInferer(Inferer):
         autocast_dtype: torch.dtype | None = None,
         eta: float = 0.0,
         progress: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -59,10 +62,11 @@ class DiffusionSegmentationInferer(Inferer):
         self.autocast_dtype = autocast_dtype
         self.eta = eta
         self.progress = progress
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
-        if "eta" in self.scheduler.step.__code__.co_varnames:
+        if "eta" in inspect.signature(self.scheduler.step).parameters:  # DDIM
             kwargs["eta"] = self.eta
         return kwargs
 
@@ -77,9 +81,13 @@ class DiffusionSegmentationInferer(Inferer):
             else contextlib.nullcontext()
         )
         self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
-        with autocast:
-            condition = net.condition(image).repeat_interleave(n)  # once per image, shared by steps and members
+        if self.memory_format == torch.channels_last:
+            net.to(memory_format=torch.channels_last)
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast:  # the Condition Model runs once per image, shared by every step and ensemble member
+            condition = net.condition(image).repeat_interleave(n)
         x = torch.randn((b * n, k, *image.shape[2:]), generator=generator, device=image.device)
+        x = x.contiguous(memory_format=self.memory_format)
         step_kwargs = self._step_kwargs(generator)
         for t in self.scheduler.timesteps:
             with autocast:
