@@ -1,0 +1,99 @@
+"""Dice of each sampler setting with trained weights on validation cases (STAPLE fusion of the ensemble).
+
+Uses the bundle's training config for the validation preprocessing, so the cases are prepared exactly as in
+validation. Example (small preset trained with quick.yaml on ISIC)::
+
+    python bench/sampler_quality.py --weights /tmp/tr/isic/models/model.pt --overlays quick.yaml \
+        --dataset_dir /work/shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
+        --cases 32 --settings ddpm:100 ddim:5 ddim:10 ddim:20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.schedulers import DDIMScheduler
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))
+
+from scripts.fusion import fuse, onehot_to_labels  # noqa: E402
+from scripts.sampling import DiffusionSegmentationInferer  # noqa: E402
+from scripts.schedulers import RespacedDDPMScheduler  # noqa: E402
+
+
+def dice(pred: np.ndarray, gt: np.ndarray, k: int) -> float:
+    """Mean over classes 1..k of the Dice of label maps; 1.0 when both are empty for a class."""
+    scores = []
+    for c in range(1, k + 1):
+        p, g = pred == c, gt == c
+        denom = p.sum() + g.sum()
+        scores.append(1.0 if denom == 0 else 2 * (p & g).sum() / denom)
+    return float(np.mean(scores))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--overlays", nargs="*", default=["quick.yaml"])
+    ap.add_argument("--dataset_dir", required=True)
+    ap.add_argument("--datalist", required=True)
+    ap.add_argument("--cases", type=int, default=32)
+    ap.add_argument("--ensemble", type=int, default=10)
+    ap.add_argument("--settings", nargs="+", default=["ddpm:100", "ddim:5", "ddim:10", "ddim:20"])
+    ap.add_argument("--fusion", default="staple")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.yaml")] + [str(BUNDLE / "configs" / o) for o in args.overlays])
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": args.dataset_dir, "datalist": args.datalist})
+    parser.update({"validate#dataloader#batch_size": 1, "cache_rate": 0.0})
+    net = parser.get_parsed_content("network_def").eval()
+    state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("ema", state.get("model", state)))
+    k = net.out_channels
+    cases = []
+    for i, batch in enumerate(parser.get_parsed_content("validate#dataloader")):
+        if i >= args.cases:
+            break
+        cases.append((batch["image"], onehot_to_labels(batch["label"][0].numpy(), 0)))
+    results = {"weights": args.weights, "cases": len(cases), "ensemble": args.ensemble, "fusion": args.fusion}
+    with torch.no_grad():
+        anchor = [
+            dice(onehot_to_labels((torch.sigmoid(net.condition(img).anchor_logits)[0] > 0.5).numpy(), 0), gt, k)
+            for img, gt in cases
+        ]
+    results["anchor (Condition Model alone)"] = round(float(np.mean(anchor)), 4)
+    for setting in args.settings:
+        kind, steps = setting.split(":")
+        sched = (DDIMScheduler if kind == "ddim" else RespacedDDPMScheduler)(1000, schedule="linear_beta")
+        inferer = DiffusionSegmentationInferer(sched, int(steps), args.ensemble, fusion="samples", seed=0)
+        fused, curve, single = [], np.zeros(args.ensemble), []
+        t0 = time.perf_counter()
+        for img, gt in cases:
+            samples = inferer(img, net)[0].numpy().reshape(args.ensemble, k, *gt.shape)
+            fused.append(dice(fuse(samples, args.fusion), gt, k))
+            single.append(np.mean([dice(onehot_to_labels(s, 0), gt, k) for s in samples]))
+            curve += [dice(fuse(samples[:n], args.fusion), gt, k) for n in range(1, args.ensemble + 1)]
+        results[setting] = {
+            "dice_fused": round(float(np.mean(fused)), 4),
+            "dice_single_sample_mean": round(float(np.mean(single)), 4),
+            "dice_vs_ensemble_size": [round(float(c), 4) for c in curve / len(cases)],
+            "seconds_per_case": round((time.perf_counter() - t0) / len(cases), 2),
+        }
+        print(setting, json.dumps(results[setting]), flush=True)
+    print(json.dumps(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
