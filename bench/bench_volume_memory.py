@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE))  # `scripts` is imported from the bundle root, as `monai.bundle run` does
 
 
 def main() -> None:

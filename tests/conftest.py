@@ -1,4 +1,4 @@
-"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does) and data locations."""
+"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does) and the embedded data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
@@ -18,13 +17,6 @@ if str(BUNDLE) not in sys.path:
 @pytest.fixture(scope="session")
 def bundle_root() -> Path:
     return BUNDLE
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ class SafeDiskSaver(DiskSaver):
         filename = self.filename or filename
         super().__call__(checkpoint, filename, metadata)
         for old in self._superseded:
-            if old != filename:
+            if old != filename and (Path(self.dirname) / old).exists():
                 super().remove(old)
         self._superseded.clear()
 
