@@ -13,24 +13,14 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from PIL import Image
+from tiny_config import TINY_NET
 
 from scripts.fusion import EnsembleFusiond, fuse, staple_binary, staple_multilabel
 from scripts.networks import MedSegDiffV2
 from scripts.sampling import DiffusionSegmentationInferer
 from scripts.schedulers import RespacedDDPMScheduler
 
-NET = {
-    "preset": None,
-    "channels": [8, 16, 16],
-    "cond_channels": [8, 16, 16],
-    "num_res_blocks": 1,
-    "former_dim": 16,
-    "former_depth": 2,
-    "former_heads": 2,
-    "patch_size": 1,
-    "filter_width": 4,
-    "filter_blocks": 6,
-}
+NET = TINY_NET
 FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
 
 

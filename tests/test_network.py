@@ -6,21 +6,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceLoss
+from tiny_config import TINY_NET
 
 from scripts.networks import PRESETS, FourierCrossAttention, MedSegDiffV2, NBPFilter
 
-TINY = {
-    "preset": None,
-    "channels": (8, 16, 16),
-    "cond_channels": (8, 16, 16),
-    "num_res_blocks": 1,
-    "former_dim": 16,
-    "former_depth": 2,
-    "former_heads": 2,
-    "patch_size": 1,
-    "filter_width": 4,
-    "filter_blocks": 6,
-}
+TINY = TINY_NET
 
 
 def tiny(in_channels: int = 1, out_channels: int = 1, **kw) -> MedSegDiffV2:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from tiny_config import TINY_NET
 
 from scripts.handlers import AtomicCheckpointSaver, latest_checkpoint
 
@@ -22,16 +23,7 @@ TINY = {
     "val_steps": 2,
     "ema_momentum": 0.1,
     "ema_warmup_iters": 1,
-    "network_def#preset": None,
-    "network_def#channels": [8, 16, 16],
-    "network_def#cond_channels": [8, 16, 16],
-    "network_def#num_res_blocks": 1,
-    "network_def#former_dim": 16,
-    "network_def#former_depth": 4,
-    "network_def#former_heads": 2,
-    "network_def#patch_size": 1,
-    "network_def#filter_width": 4,
-    "network_def#filter_blocks": 6,
+    **{f"network_def#{k}": v for k, v in TINY_NET.items()},
 }
 
 
