@@ -1,5 +1,5 @@
 """Custom components of the MedSegDiff-V2 bundle (importable as ``scripts`` from the bundle root)."""
 
-from . import data, diffusion, handlers, networks, sampling
+from . import baseline, data, diffusion, evaluation, handlers, metrics, networks, sampling
 
-__all__ = ["data", "diffusion", "handlers", "networks", "sampling"]
+__all__ = ["baseline", "data", "diffusion", "evaluation", "handlers", "metrics", "networks", "sampling"]

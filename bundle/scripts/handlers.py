@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver, ProgressBar
 from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 
@@ -154,3 +155,34 @@ class WeightsLoader(CheckpointLoader):
         parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
         parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
         return "; ".join(parts) + ". Check preset, image_channels, num_classes, anchor and semantic against training."
+
+
+class WallClockBudget:
+    """Stops training at the first epoch end after ``seconds`` of wall-clock time (``None``: no budget), after a last
+    validation when ``validator`` is given and has not run at that epoch; checkpoints of that epoch are written by the
+    handlers listed before this one. For training runs compared under the same time budget."""
+
+    def __init__(self, seconds: float | None, validator: Engine | None = None) -> None:
+        self.seconds, self.validator = seconds, validator
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if self.seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        elapsed = time.perf_counter() - self._start
+        if elapsed < self.seconds:
+            return
+        logger.info(
+            f"time budget of {self.seconds:g} s reached after {elapsed:.0f} s (epoch {engine.state.epoch}, "
+            f"iteration {engine.state.iteration}): stopping"
+        )
+        if self.validator is not None and self.validator.state.epoch != engine.state.epoch:
+            self.validator.run(engine.state.epoch)
+        engine.terminate()

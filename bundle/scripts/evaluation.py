@@ -1,0 +1,127 @@
+"""Evaluation handlers: a PNG grid of image / truth / prediction / uncertainty for a person to look at, and the
+ensemble curve (Dice against ensemble size) as a CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from PIL import Image
+
+from .fusion import onehot_to_labels
+
+logger = logging.getLogger(__name__)
+
+# label colours (RGB) for classes 1..; truth and prediction are drawn filled at 50% over the image
+PALETTE = np.array([[255, 64, 64], [64, 160, 255], [64, 255, 96], [255, 200, 0], [200, 64, 255]], dtype=np.float32)
+
+
+def _plane(volume: np.ndarray, index: int | None, axis: int) -> np.ndarray:
+    return volume if index is None else np.take(volume, index, axis=axis)
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """(C, *plane) intensities -> (H, W, 3) uint8, each channel scaled by its 1st-99th percentiles."""
+    img = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    lo, hi = np.percentile(img, 1), np.percentile(img, 99)
+    img = np.clip((img - lo) / max(hi - lo, 1e-8), 0, 1)
+    return (np.moveaxis(img, 0, -1) * 255).astype(np.uint8)
+
+
+def _overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    out = rgb.astype(np.float32)
+    for k in range(1, int(labels.max()) + 1):
+        mask = labels == k
+        out[mask] = 0.5 * out[mask] + 0.5 * PALETTE[(k - 1) % len(PALETTE)]
+    return out.astype(np.uint8)
+
+
+class OverlayGridSaver:
+    """Writes ``filename`` in ``output_dir``: one row per case for the first ``num_cases`` cases, with the image, the
+    ground truth and the prediction drawn over it, and the uncertainty map (black = all samples agree). Volumes show
+    the slice along ``slice_axis`` with the most ground-truth foreground."""
+
+    def __init__(
+        self, output_dir: str | Path, num_cases: int = 4, filename: str = "overlay_grid.png", slice_axis: int = 2
+    ) -> None:
+        self.output_dir, self.num_cases, self.filename = Path(output_dir), num_cases, filename
+        self.slice_axis = slice_axis
+        self.rows: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            if len(self.rows) >= self.num_cases:
+                return
+            self.rows.append(self._row(item))
+
+    def _row(self, item: dict) -> np.ndarray:
+        def arr(key: str) -> np.ndarray | None:
+            value = item.get(key)
+            return None if value is None else torch.as_tensor(value).detach().cpu().float().numpy()
+
+        image, label, pred, unc = arr("image"), arr("label"), arr("pred"), arr("uncertainty")
+        truth = onehot_to_labels(label, 0)
+        labels_pred = onehot_to_labels(pred, 0)
+        index = None
+        if truth.ndim == 3:  # a volume: pick the slice with the most truth (else prediction) foreground
+            axes = tuple(a for a in range(3) if a != self.slice_axis)
+            weight = (truth > 0).sum(axes) + 1e-3 * (labels_pred > 0).sum(axes)
+            index = int(weight.argmax())
+        rgb = _to_rgb(np.stack([_plane(c, index, self.slice_axis) for c in image]))
+        tiles = [rgb, _overlay(rgb, _plane(truth, index, self.slice_axis))]
+        tiles.append(_overlay(rgb, _plane(labels_pred, index, self.slice_axis)))
+        if unc is not None:
+            u = _plane(unc[0], index, self.slice_axis)
+            tiles.append(np.repeat((np.clip(u, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1))
+        else:
+            tiles.append(np.zeros_like(rgb))
+        return np.concatenate(tiles, axis=1)
+
+    def _write(self, engine: Engine) -> None:
+        if not self.rows:
+            return
+        width = max(r.shape[1] for r in self.rows)
+        rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in self.rows]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / self.filename
+        Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+        logger.info(f"overlay grid (image | truth | prediction | uncertainty) written to {path}")
+
+
+class EnsembleCurveSaver:
+    """Writes the ensemble curve of ``metric_name`` (an ``EnsembleDiceCurveMetric`` whose per-case details are kept)
+    as ``filename`` (columns ensemble_size, mean_dice, std_dice, cases) in ``output_dir``."""
+
+    def __init__(
+        self, output_dir: str | Path, metric_name: str = "ensemble_dice", filename: str = "ensemble_curve.csv"
+    ) -> None:
+        self.output_dir, self.metric_name, self.filename = Path(output_dir), metric_name, filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        details = engine.state.metric_details.get(self.metric_name)
+        if details is None:
+            return
+        curve = torch.as_tensor(details).float()  # (cases, N)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / self.filename
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["ensemble_size", "mean_dice", "std_dice", "cases"])
+            for n in range(curve.shape[1]):
+                col = curve[:, n]
+                std = float(col.std()) if len(col) > 1 else 0.0
+                writer.writerow([n + 1, f"{float(col.mean()):.4f}", f"{std:.4f}", len(col)])
+        logger.info(f"ensemble curve written to {path}: {', '.join(f'{v:.3f}' for v in curve.mean(0).tolist())}")

@@ -1,0 +1,213 @@
+"""Evaluation (issue 5): metrics against hand-computed cases, GED/CI on constructed ensembles, evaluate.yaml end to
+end on a tiny config, the supervised baseline and the ablation overlays, and the wall-clock budget."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.metrics import DiceMetric, MeanIoU
+from monai.networks.nets import UNet
+from PIL import Image
+from test_training import run_recording, workflow
+
+from scripts.metrics import (
+    DiceConfidenceIntervalMetric,
+    EnsembleDiceCurveMetric,
+    GeneralizedEnergyDistanceMetric,
+    HD95Metric,
+    dice_confidence_interval,
+    generalized_energy_distance,
+    overlap_scores,
+)
+
+
+def mask(shape: tuple[int, ...], *boxes: tuple[slice, ...]) -> torch.Tensor:
+    m = torch.zeros(shape)
+    for box in boxes:
+        m[box] = 1
+    return m
+
+
+# ---- Dice / IoU / HD95 against hand-computed values -------------------------------------------------------------
+
+
+def test_dice_iou_hand_computed_including_empty_and_one_pixel_masks() -> None:
+    gt = mask((1, 1, 8, 8), (0, 0, slice(0, 4), slice(0, 4)))  # 16 px
+    pred = mask((1, 1, 8, 8), (0, 0, slice(0, 4), slice(0, 2)))  # 8 px, all inside
+    one_px_gt = mask((1, 1, 8, 8), (0, 0, 3, 3))
+    one_px_miss = mask((1, 1, 8, 8), (0, 0, 3, 4))
+    empty = torch.zeros(1, 1, 8, 8)
+    cases = [  # (pred, gt, dice, iou)
+        (pred, gt, 2 * 8 / 24, 8 / 16),
+        (one_px_gt, one_px_gt, 1.0, 1.0),
+        (one_px_miss, one_px_gt, 0.0, 0.0),
+        (empty, empty, 1.0, 1.0),  # nothing to find, nothing found
+        (pred, empty, 0.0, 0.0),  # false positives on an empty ground truth count
+        (empty, gt, 0.0, 0.0),
+    ]
+    for p, g, dice, iou in cases:
+        d, i = overlap_scores(p.flatten(2), g.flatten(2))
+        assert d.item() == pytest.approx(dice) and i.item() == pytest.approx(iou)
+        # MONAI's metrics as configured in train.yaml / evaluate.yaml agree (no empty case is dropped)
+        assert DiceMetric(ignore_empty=False)(p, g).item() == pytest.approx(dice)
+        assert MeanIoU(ignore_empty=False)(p, g).item() == pytest.approx(iou)
+
+
+def test_hd95_hand_computed_and_empty_masks_defined() -> None:
+    gt = mask((1, 1, 16, 16), (0, 0, slice(4, 8), slice(4, 8)))
+    shifted = mask((1, 1, 16, 16), (0, 0, slice(4, 8), slice(7, 11)))  # 3 px to the right
+    one_px = mask((1, 1, 16, 16), (0, 0, 5, 5))
+    empty = torch.zeros(1, 1, 16, 16)
+    metric = HD95Metric()
+    assert metric(gt, gt).item() == 0.0
+    assert metric(shifted, gt).item() == pytest.approx(3.0)  # every boundary point is at most 3 px away
+    assert metric(one_px, one_px).item() == 0.0
+    assert metric(empty, empty).item() == 0.0  # absent from both: perfect, not NaN
+    diagonal = math.sqrt(16**2 + 16**2)
+    assert metric(empty, gt).item() == pytest.approx(diagonal)  # missed structure: worst distance, not NaN/inf
+    assert metric(gt, empty).item() == pytest.approx(diagonal)
+    metric.reset()
+    metric(torch.cat([shifted, empty]), torch.cat([gt, empty]))
+    assert metric.aggregate().item() == pytest.approx(1.5)  # mean over both cases, nothing dropped
+
+
+# ---- GED and CI on constructed ensembles ---------------------------------------------------------------------------
+
+
+def test_ged_known_answers() -> None:
+    a = mask((1, 4, 4), (0, slice(0, 2), slice(0, 4))).flatten(1)  # 8 px
+    b = mask((1, 4, 4), (0, slice(2, 4), slice(0, 4))).flatten(1)  # disjoint from a
+    c = mask((1, 4, 4), (0, slice(0, 2), slice(0, 2))).flatten(1)  # half of a: IoU(a, c) = 0.5
+    # every sample equals the truth: distance 0
+    assert generalized_energy_distance(torch.stack([a, a, a]), a[None]).item() == pytest.approx(0.0)
+    # samples {a, b}, truth a: E[d(S,Y)] = (0 + 1)/2; E[d(S,S')] over 4 ordered pairs = 2/4; D^2 = 1 - 0.5 = 0.5
+    assert generalized_energy_distance(torch.stack([a, b]), a[None]).item() == pytest.approx(0.5)
+    # all samples c, truth a: 2 * 0.5 - 0 - 0 = 1
+    assert generalized_energy_distance(torch.stack([c, c]), a[None]).item() == pytest.approx(1.0)
+    # empty samples on an empty truth agree perfectly
+    empty = torch.zeros_like(a)
+    assert generalized_energy_distance(torch.stack([empty, empty]), empty[None]).item() == pytest.approx(0.0)
+
+
+def test_dice_confidence_interval_known_answer() -> None:
+    dice = torch.tensor([0.6, 0.8, 0.7, 0.9], dtype=torch.float64)
+    lower, upper = dice_confidence_interval(dice)
+    half = 3.182446305284263 * dice.std().item() / 2  # t(0.975, 3) * s / sqrt(4)
+    assert lower.item() == pytest.approx(0.75 - half) and upper.item() == pytest.approx(0.75 + half)
+    same = torch.full((5,), 0.8, dtype=torch.float64)
+    lo, hi = dice_confidence_interval(same)
+    assert lo.item() == pytest.approx(0.8) and hi.item() == pytest.approx(0.8)  # identical samples: zero width
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        dice_confidence_interval(dice[:1])
+
+
+def test_diversity_metrics_on_sample_label_maps_per_class() -> None:
+    truth = torch.zeros(1, 2, 4, 4)  # two classes: class 1 left half, class 2 right half
+    truth[0, 0, :, :2] = 1
+    truth[0, 1, :, 2:] = 1
+    perfect = (truth[0, 0] + 2 * truth[0, 1])[None].repeat(3, 1, 1)  # three identical perfect label maps
+    ged = GeneralizedEnergyDistanceMetric()(perfect[None], truth)
+    assert torch.allclose(ged, torch.zeros(1, 2))
+    width = DiceConfidenceIntervalMetric()(perfect[None], truth)
+    assert torch.allclose(width, torch.zeros(1, 2))
+    flipped = perfect.clone()
+    flipped[1] = 0  # one member found nothing: class Dice per sample = (1, 0, 1)
+    width = DiceConfidenceIntervalMetric()(flipped[None], truth)
+    expected = 2 * 4.302652729911275 * torch.tensor([1.0, 0, 1]).std().item() / math.sqrt(3)
+    assert torch.allclose(width, torch.full((1, 2), expected), atol=1e-5)
+    curve = EnsembleDiceCurveMetric(method="vote")
+    curve(flipped[None], truth)
+    # n=1: the perfect member; n=2: {perfect, empty} ties count as foreground -> perfect; n=3: majority perfect
+    assert torch.allclose(curve.aggregate(), torch.ones(3))
+    reversed_order = flipped[[1, 0, 2]]
+    curve.reset()
+    curve(reversed_order[None], truth)
+    assert curve.aggregate()[0].item() == pytest.approx(0.0)  # the first member alone found nothing
+
+
+# ---- workflows ---------------------------------------------------------------------------------------------------
+
+EVAL = {"num_inference_steps": 2, "ensemble_size": 3, "sampler": "ddim", "grid_cases": 2}
+
+
+def _trained(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> None:
+    run_recording(workflow(bundle_root, tmp, "quick.yaml", *overlays, **overrides))
+
+
+def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(bundle_root: Path, tmp_path: Path) -> None:
+    _trained(bundle_root, tmp_path)
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    for name in ("val_mean_dice", "val_mean_iou", "val_hd95", "val_ged", "val_dice_ci95_width"):
+        assert np.isfinite(metrics[name]), name
+    assert 0 <= metrics["val_mean_iou"] <= metrics["val_mean_dice"] <= 1  # IoU <= Dice for every case
+    out = tmp_path / "eval"
+    raw = (out / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(raw) == 1 + 8 and raw[0].startswith("filename")  # header + the 8 validation cases of the demo
+    assert "ISIC_" in raw[1]
+    assert (out / "val_hd95_summary.csv").is_file() and (out / "metrics.csv").is_file()
+    curve = (out / "ensemble_curve.csv").read_text().splitlines()
+    assert curve[0] == "ensemble_size,mean_dice,std_dice,cases" and len(curve) == 1 + EVAL["ensemble_size"]
+    grid = np.asarray(Image.open(out / "overlay_grid.png"))
+    assert grid.shape[:2] == (2 * (32 + 2), 4 * 32) and grid.std() > 0  # 2 rows of 4 tiles at roi_size 32
+
+
+def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(bundle_root: Path, tmp_path: Path) -> None:
+    _trained(bundle_root, tmp_path, "volume.yaml", batch_size=2, slices_per_volume=2)
+    wf = workflow(
+        bundle_root, tmp_path, "quick.yaml", "volume.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL
+    )
+    wf.run()
+    details = wf.parser.get_parsed_content("validate#evaluator").state.metric_details
+    wf.finalize()
+    assert details["val_mean_dice"].shape == (3, 2)  # 3 validation volumes x 2 structures
+    assert details["val_ged"].shape == (3, 2) and torch.isfinite(details["val_hd95"]).all()
+    assert (tmp_path / "eval" / "overlay_grid.png").is_file()
+
+
+def test_baseline_overlay_trains_one_tiny_epoch_and_evaluates(bundle_root: Path, tmp_path: Path) -> None:
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ("train.yaml", "volume.yaml", "baseline.yaml")])
+    unet = parser.get_parsed_content("network_def")
+    assert isinstance(unet, UNet) and unet(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)  # volume: 1 -> 2 ch
+    tiny_unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8]}
+    small = {"network_def": {**tiny_unet, "strides": [2]}}
+    rec = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", "baseline.yaml", **small))
+    assert len(rec["losses"]) == 4 and 0 <= rec["dice"] <= 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+    wf = workflow(
+        bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", eval_dir=str(tmp_path / "e"), **small
+    )
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    assert {"val_mean_dice", "val_mean_iou", "val_hd95"} <= set(metrics) and "val_ged" not in metrics
+    assert (tmp_path / "e" / "val_mean_dice_raw.csv").is_file()
+
+
+ROWS = [("backbone", "none", "none"), ("usa_ssformer", "usa", "ssformer")]
+
+
+@pytest.mark.parametrize(("row", "anchor", "semantic"), ROWS)
+def test_ablation_overlays_set_the_table4_components(bundle_root: Path, tmp_path: Path, row, anchor, semantic) -> None:
+    wf = workflow(bundle_root, tmp_path, f"ablation/{row}.yaml", "quick.yaml")
+    net = wf.parser.get_parsed_content("network_def")
+    assert net.anchor_mode == anchor and (net.anchor_condition is None) == (anchor == "none")
+    assert net.semantic_mode == semantic and (net.semantic_condition is None) == (semantic == "none")
+    if net.semantic_condition is not None:  # SS-Former without the NBP-Filter
+        assert all(b.noise_to_cond.nbp is None and b.cond_to_noise.nbp is None for b in net.semantic_condition.blocks)
+    rec = run_recording(wf)
+    assert all(np.isfinite(rec["losses"]))
+
+
+def test_time_budget_stops_training_after_a_final_validation(bundle_root: Path, tmp_path: Path) -> None:
+    rec = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", epochs=50, val_interval=100, time_budget_s=0))
+    assert rec["trainer_epoch"] == 1 and rec["dice"] is not None  # stopped after epoch 1, validated once
+    assert (tmp_path / "models" / "model.pt").is_file()
