@@ -7,7 +7,6 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -25,6 +24,8 @@ def staple_binary(samples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     STAPLE's EM is undefined (NaN) when every rater is all-empty or all-full, which is common on 2D slices; then all
     raters agree and their common mask is returned. Any other NaN falls back to majority vote, with a warning.
     """
+    import SimpleITK as sitk  # imported where STAPLE runs: the other fusions do not need it
+
     samples = (samples > 0).astype(np.uint8)
     if (samples == samples[0]).all():
         return samples[0].copy()
@@ -37,6 +38,8 @@ def staple_binary(samples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def staple_multilabel(label_maps: np.ndarray) -> np.ndarray:
     """Multi-class STAPLE of N label maps (N, *spatial) with SimpleITK's ``MultiLabelSTAPLEImageFilter``."""
+    import SimpleITK as sitk
+
     label_maps = label_maps.astype(np.uint8)
     if (label_maps == label_maps[0]).all():
         return label_maps[0].copy()

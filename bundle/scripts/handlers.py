@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver, ProgressBar
@@ -177,7 +178,8 @@ class WallClockBudget:
 
     def __call__(self, engine: Engine) -> None:
         elapsed = time.perf_counter() - self._start
-        if elapsed < self.seconds:
+        # all ranks of a distributed run stop at the same epoch, as soon as one of them is past the budget
+        if idist.all_reduce(float(elapsed >= self.seconds), op="MAX") == 0:
             return
         logger.info(
             f"time budget of {self.seconds:g} s reached after {elapsed:.0f} s (epoch {engine.state.epoch}, "

@@ -46,6 +46,11 @@ class NBPFilter(nn.Module):
         The filter depends on t only, so it is computed once per distinct embedding in the batch (one during
         sampling, where every ensemble member shares the step).
         """
+        if emb.shape[0] == 1:  # one shared timestep (sampling): no de-duplication, whose sizes torch.export can't trace
+            coords = frequency_coordinates(grid, emb.device).to(emb.dtype)[None]
+            if self.training and torch.is_grad_enabled():
+                return checkpoint(self._filter, coords, emb, use_reentrant=False)
+            return self._filter(coords, emb)
         _, inverse = torch.unique(emb.detach(), dim=0, return_inverse=True)
         first = torch.full((int(inverse.max()) + 1,), emb.shape[0], device=emb.device, dtype=torch.long)
         first = first.scatter_reduce(0, inverse, torch.arange(emb.shape[0], device=emb.device), reduce="amin")

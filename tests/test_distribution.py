@@ -1,0 +1,271 @@
+"""Distribution: 2-process (gloo) training, the packaged bundle, weights integrity, CLI key and metadata checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ignite.engine import Engine
+from tiny_config import TINY_NET
+
+from scripts.distribution import VerifiedWeightsLoader, check_cli_overrides, unknown_override_keys, verify_weights
+from scripts.networks import MedSegDiffV2
+from scripts.package import package_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
+NET = {f"network_def#{k}": v for k, v in TINY_NET.items()}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 180, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**ENV, **env},
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
+
+
+def cli_overrides(overrides: dict) -> list[str]:
+    return [a for k, v in overrides.items() for a in (f"--{k}", repr(v) if not isinstance(v, str) else v)]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiny_weights(path: Path) -> Path:
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": MedSegDiffV2(3, 1, **TINY_NET).state_dict()}, path)
+    return path
+
+
+# -- multi-process training --------------------------------------------------------------------------------------------
+def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_root: Path, tmp_path: Path) -> None:
+    def recorder(engine: str, tag: str) -> str:  # appends "<tag> <epoch> <file>" for every case of every batch
+        files = "e.state.batch['image'].meta['filename_or_obj']"
+        seen = f"lambda e: @seen.extend(f'{tag} {{e.state.epoch}} {{pathlib.Path(f).name}}' for f in {files})"
+        return f"$@{engine}.add_event_handler(ignite.engine.Events.ITERATION_STARTED, {seen})"
+
+    def names(handlers: str) -> str:
+        return f"' '.join(type(h).__name__ for h in @{handlers})"
+
+    record = {
+        "seen": "@seen",
+        "train_handlers": names("train#trainer#train_handlers"),
+        "val_handlers": names("validate#evaluator#val_handlers"),
+        "dice": "@validate#evaluator.state.metrics['val_mean_dice']",
+    }
+    overlay = {
+        "+imports": ["$import json", "$import pathlib"],
+        "roi_size": 32,
+        "batch_size": 8,
+        "num_workers": 0,
+        "epochs": 2,
+        "val_interval": 2,
+        "val_steps": 2,
+        "ema_momentum": 0.1,
+        "ema_warmup_iters": 1,
+        **NET,
+        "ckpt_dir": f"$'{tmp_path}/models/rank' + os.environ['RANK']",  # each rank's own folder: who wrote what
+        "output_dir": str(tmp_path / "runs"),
+        "seen": "$[]",
+        "run": [  # records the cases each rank trained and validated on, and its handlers, into rank<R>.json
+            recorder("train#trainer", "train"),
+            recorder("validate#evaluator", "val"),
+            "$@train#trainer.run()",
+            f"$pathlib.Path('{tmp_path}/rank' + str(dist.get_rank()) + '.json').write_text(json.dumps("
+            + "{"
+            + ", ".join(f"'{k}': {v}" for k, v in record.items())
+            + "}))",
+        ],
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(overlay))
+    configs = f"['configs/train.yaml','configs/multi_gpu_train.yaml','{tmp_path / 'tiny.yaml'}']"
+    args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    # CPU and gloo even on a CUDA machine (one GPU per process would need two GPUs)
+    proc = run_cli([*args, "-m", "monai.bundle", "run", "--config_file", configs], bundle_root, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    datalist = json.loads((bundle_root / "data" / "demo" / "isic" / "datalist.json").read_text())
+    for tag, section, epochs in (("train", "training", (1, 2)), ("val", "validation", (2,))):
+        cases = {Path(c["image"]).name for c in datalist[section]}
+        for epoch in epochs:
+            a, b = ({line.split()[2] for line in r["seen"] if line.startswith(f"{tag} {epoch} ")} for r in ranks)
+            assert a and b and not a & b, (tag, epoch, a & b)  # each rank its own share of the cases
+            assert a | b == cases  # together: every case once
+    first, second = ({line.split()[2] for line in ranks[0]["seen"] if line.startswith(f"train {e} ")} for e in (1, 2))
+    assert first != second  # the sampler reshuffles the split every epoch
+    assert ranks[0]["dice"] == ranks[1]["dice"]  # the Dice is gathered over both ranks' validation cases
+
+    assert {"EMAHandler", "ValidationHandler", "ResumeFromLatestCheckpoint"} <= set(ranks[1]["train_handlers"].split())
+    for saver_or_logger in ("AtomicCheckpointSaver", "LossProgressBar", "StatsHandler", "TensorBoardStatsHandler"):
+        assert saver_or_logger in ranks[0]["train_handlers"].split()
+        assert saver_or_logger not in ranks[1]["train_handlers"].split()
+    assert ranks[1]["val_handlers"] == "" and "AtomicCheckpointSaver" in ranks[0]["val_handlers"]
+
+    rank0, rank1 = tmp_path / "models" / "rank0", tmp_path / "models" / "rank1"
+    assert (rank0 / "model.pt").is_file() and (rank0 / "checkpoint_epoch=2.pt").is_file()
+    assert not list(rank1.iterdir())  # rank 1 wrote no checkpoint
+    ckpt = torch.load(rank0 / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["network"])  # saved without the DDP wrapper
+    MedSegDiffV2(3, 1, **TINY_NET).load_state_dict(torch.load(rank0 / "model.pt", weights_only=True))
+
+
+# -- packaging ---------------------------------------------------------------------------------------------------------
+def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(bundle_root, src, ignore=shutil.ignore_patterns("__pycache__", "runs", "eval", "models"))
+    weights = tiny_weights(src / "models" / "model.pt")
+    (src / "models" / "checkpoint_epoch=3.pt").write_bytes(b"training state")  # must not ship
+    (src / "runs").mkdir()
+    (src / "runs" / "events.out").write_bytes(b"log")
+    (src / "scripts" / "__pycache__").mkdir(exist_ok=True)
+    (src / "scripts" / "__pycache__" / "x.pyc").write_bytes(b"")
+    listed = {"path": "models/model.pt", "url": "", "hash_val": sha256(weights), "hash_type": "sha256"}
+    (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": [listed]}))
+
+    version = json.loads((src / "configs" / "metadata.json").read_text())["version"]
+    proc = run_cli(["-m", "scripts.package", "--output", str(tmp_path / "dist" / "b.zip")], cwd=src)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "dist" / "b.zip") as zf:
+        names = zf.namelist()
+        assert {n.split("/")[0] for n in names} == {"medsegdiff_v2"}
+        assert "medsegdiff_v2/models/model.pt" in names and "medsegdiff_v2/configs/inference.yaml" in names
+        assert not [n for n in names if "checkpoint_epoch" in n or "/runs/" in n or "__pycache__" in n]
+        zf.extractall(tmp_path / "unpacked")
+    bundle = tmp_path / "unpacked" / "medsegdiff_v2"
+    assert json.loads((bundle / "configs" / "metadata.json").read_text())["version"] == version
+
+    inputs, work = tmp_path / "in", tmp_path / "work"
+    inputs.mkdir(), work.mkdir()
+    image = sorted((bundle / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
+    shutil.copy(image, inputs / image.name)
+    # the weights loader checks large_files.yml; unknown --keys are rejected (both as the YAML lines proposed for
+    # inference.yaml), which must let every override of this command through
+    checked = {
+        "handlers#0#_target_": "scripts.distribution.VerifiedWeightsLoader",
+        "handlers#0#large_files": "$@bundle_root + '/large_files.yml'",
+        "+initialize": [{"_target_": "scripts.distribution.check_cli_overrides"}],
+    }
+    (tmp_path / "checked.yaml").write_text(yaml.safe_dump(checked))
+    configs = f"['{bundle / 'configs' / 'inference.yaml'}','{tmp_path / 'checked.yaml'}']"
+    fast = {"num_inference_steps": 2, "ensemble_size": 2, "roi_size": 32, **NET}
+    args = ["-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", configs]
+    args += ["--input", str(inputs), "--output_dir", str(tmp_path / "out"), *cli_overrides(fast)]
+    # outside the bundle folder `scripts` is importable only through PYTHONPATH (MONAI adds the bundle root to
+    # sys.path only after `initialize`)
+    proc = run_cli(args, cwd=work, PYTHONPATH=str(bundle))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert f"{bundle / 'models' / 'model.pt'}: sha256 verified" in proc.stdout + proc.stderr
+    assert (tmp_path / "out" / f"{image.stem}_seg.png").is_file()
+
+
+def test_packaging_refuses_weights_that_do_not_match_large_files(
+    bundle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(bundle_root / "configs", src / "configs")
+    tiny_weights(src / "models" / "model.pt")
+    listed = {"path": "models/model.pt", "hash_val": "0" * 64}
+    (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": [listed]}))
+    with pytest.raises(ValueError, match="model.pt is not the file listed in"):
+        package_bundle(src, tmp_path / "b.zip")
+    assert not (tmp_path / "b.zip").exists()
+    listed["hash_val"] = sha256(src / "models" / "model.pt")
+    (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": [listed]}))
+    monkeypatch.chdir(tmp_path)
+    version = json.loads((src / "configs" / "metadata.json").read_text())["version"]
+    assert package_bundle(src) == Path("dist") / f"medsegdiff_v2_{version}.zip"  # the default name
+    assert zipfile.ZipFile(tmp_path / "dist" / f"medsegdiff_v2_{version}.zip").namelist()
+
+
+# -- weights integrity -------------------------------------------------------------------------------------------------
+def test_tampered_weights_are_refused_and_intact_weights_load(tmp_path: Path) -> None:
+    weights = tiny_weights(tmp_path / "models" / "model.pt")
+    expected = sha256(weights)
+    large_files = tmp_path / "large_files.yml"
+    entry = {"path": "models/model.pt", "url": "https://example.org/model.pt", "hash_val": expected}
+    large_files.write_text(yaml.safe_dump({"large_files": [{**entry, "hash_type": "sha256"}]}))
+
+    assert verify_weights(weights, large_files) is True
+    assert verify_weights(tiny_weights(tmp_path / "other.pt"), large_files) is False  # not listed: not checked
+    assert verify_weights(weights, tmp_path / "missing.yml") is False
+
+    net = MedSegDiffV2(3, 1, **TINY_NET)
+    loader = VerifiedWeightsLoader(load_path=str(weights), load_dict={"model": net}, large_files=str(large_files))
+    loader(Engine(lambda e, b: None))  # intact: loads
+    saved = torch.load(weights, weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+
+    state = torch.load(weights, weights_only=True)
+    state["model"]["condition_model.head.2.weight"].add_(1e-3)  # a subtly altered file
+    torch.save(state, weights)
+    actual = sha256(weights)
+    for check in (lambda: verify_weights(weights, large_files), lambda: loader(Engine(lambda e, b: None))):
+        with pytest.raises(ValueError) as err:
+            check()
+        message = str(err.value)
+        assert str(weights) in message and expected in message and actual in message and "sha256" in message
+
+
+# -- command line and metadata -----------------------------------------------------------------------------------------
+def test_unknown_override_keys_are_named_with_close_matches(bundle_root: Path, tmp_path: Path) -> None:
+    configs = [str(bundle_root / "configs" / c) for c in ("train.yaml", "quick.yaml")]
+    keys = ["learning_rate", "learning_rte", "network_def#channels", "train::dataloader::batch_size", "+train#handlers"]
+    assert unknown_override_keys(configs, keys) == ["learning_rte"]
+    assert unknown_override_keys(configs, ["run_name", "tracking_uri"], tracking="mlflow") == []
+    main = str(Path(torch.__file__).parents[1] / "monai" / "bundle" / "__main__.py")
+    argv = [main, "run", "--config_file", repr(configs), "--learning_rte", "1e-3", "--epochs=3", "--resume", "True"]
+    with pytest.raises(ValueError, match=r"--learning_rte \(did you mean --learning_rate\?\)"):
+        check_cli_overrides(argv)
+    check_cli_overrides([main, "run", "--config_file", repr(configs), "--learning_rate", "1e-3", "--epochs=3"])
+    check_cli_overrides([main, "run", "--config-file", repr(configs), "--meta-file", "None", "--epochs", "2"])
+    check_cli_overrides(["pytest", "--learning_rte", "1"])  # not `monai.bundle run`: nothing to check
+    args_file = tmp_path / "args.yaml"
+    args_file.write_text(yaml.safe_dump({"config_file": configs, "epocs": 3}))
+    with pytest.raises(ValueError, match="--epocs"):
+        check_cli_overrides([main, "run", "--args_file", str(args_file)])
+
+    overlay = tmp_path / "checked.yaml"  # the initialize line proposed for the bundle configs
+    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.distribution.check_cli_overrides"}]}))
+    configs_arg = f"['configs/inference.yaml','{overlay}']"
+    proc = run_cli(["-m", "monai.bundle", "run", "--config_file", configs_arg, "--ensemble_sise", "3"], bundle_root)
+    assert proc.returncode != 0
+    assert "unknown config key(s) on the command line: --ensemble_sise (did you mean --ensemble_size" in proc.stderr
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason=f"no metadata schema at {SCHEMA}")
+def test_metadata_failing_the_schema_gives_a_clear_error(bundle_root: Path, tmp_path: Path) -> None:
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    del meta["version"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    proc = run_cli(
+        ["-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA)], tmp_path
+    )
+    assert proc.returncode != 0
+    assert "ValueError: 'version' is a required property" in proc.stderr
+    assert "Failed validating against schema" in proc.stderr

@@ -1,0 +1,97 @@
+"""torch.export of the Condition Model and the denoiser: saved, loaded back, equal to eager, and sampled with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler
+from tiny_config import TINY_NET
+
+from scripts.export import FILES, ExportedMedSegDiffV2, export, export_programs, save_programs
+from scripts.networks import MedSegDiffV2
+from scripts.sampling import DiffusionSegmentationInferer
+
+ROI = 32
+# the tiny network through the bundle's own config (1-channel MR, 2 classes), as the CLI builds it
+NET_DEF = {f"network_def#{k}": v for k, v in TINY_NET.items()}
+OVERRIDES = {"image_channels": 1, "num_classes": 2, "roi_size": ROI, **NET_DEF}
+
+
+@pytest.fixture(scope="module")
+def net() -> MedSegDiffV2:
+    torch.manual_seed(0)
+    return MedSegDiffV2(1, 2, **TINY_NET).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(net: MedSegDiffV2, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("exported")
+    save_programs(export_programs(net, ROI), folder)
+    return folder
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_condition_program_matches_eager(net: MedSegDiffV2, exported: Path, batch: int) -> None:
+    program = torch.export.load(exported / FILES["condition"]).module()
+    image = torch.randn(batch, 1, ROI, ROI)
+    with torch.no_grad():
+        want, got = net.condition(image), program(image)
+    assert len(got) == 3
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_denoiser_program_matches_eager(net: MedSegDiffV2, exported: Path, batch: int) -> None:
+    program = torch.export.load(exported / FILES["denoiser"]).module()
+    with torch.no_grad():
+        cond = net.condition(torch.randn(1, 1, ROI, ROI)).repeat_interleave(batch)
+        x = torch.randn(batch, 2, ROI, ROI)
+        for t in (999.0, 10.0):
+            ts = torch.tensor([t])
+            torch.testing.assert_close(program(x, ts, *cond), net(x, ts, condition=cond), atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_with_the_exported_pair_matches_eager(net: MedSegDiffV2, exported: Path) -> None:
+    pair = ExportedMedSegDiffV2.load(exported)
+    assert (pair.in_channels, pair.out_channels) == (1, 2)
+    make = lambda: DiffusionSegmentationInferer(DDIMScheduler(1000), 3, 4, fusion="samples", seed=1)  # noqa: E731
+    for image in (torch.randn(2, 1, ROI, ROI), torch.randn(1, 1, ROI, ROI, 3)):  # 2D batch; volume slice by slice
+        want, got = make()(image, net), make()(image, pair)
+        assert got.shape == want.shape
+        assert (got == want).float().mean() > 0.999  # binarised samples: float noise may flip a rare pixel at 0
+    with pytest.raises(ValueError, match="one timestep"):
+        pair(torch.randn(2, 2, ROI, ROI), torch.tensor([1.0, 2.0]), pair.condition(torch.randn(2, 1, ROI, ROI)))
+
+
+def test_export_reads_the_network_from_the_bundle_config(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
+    config = str(bundle_root / "configs" / "inference.yaml")
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    paths = export(str(tmp_path / "model.pt"), str(tmp_path / "out"), config, **OVERRIDES)
+    pair, image = ExportedMedSegDiffV2.load(tmp_path / "out"), torch.randn(2, 1, ROI, ROI)
+    assert set(paths) == {"condition", "denoiser"}
+    with torch.no_grad():
+        torch.testing.assert_close(pair.condition(image).feature, net.condition(image).feature, atol=1e-5, rtol=1e-4)
+    torch.save({"model": MedSegDiffV2(1, 1, **TINY_NET).state_dict()}, tmp_path / "other.pt")  # 1 class, not 2
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        export(str(tmp_path / "other.pt"), str(tmp_path / "x"), config, **OVERRIDES)
+
+
+def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    cmd = [sys.executable, "-m", "scripts.export", "--ckpt", str(tmp_path / "model.pt"), "--output", str(tmp_path)]
+    cmd += ["--config_file", "['configs/inference.yaml','configs/inference_volume.yaml']", "--roi_size", str(ROI)]
+    for k, v in TINY_NET.items():
+        cmd += [f"--network_def#{k}", str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    run = subprocess.run(
+        cmd, cwd=bundle_root, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    pair = ExportedMedSegDiffV2.load(tmp_path)
+    assert (pair.in_channels, pair.out_channels) == (1, 2)  # from inference_volume.yaml: MR, 2 structures
