@@ -211,3 +211,12 @@ def test_time_budget_stops_training_after_a_final_validation(bundle_root: Path, 
     rec = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", epochs=50, val_interval=100, time_budget_s=0))
     assert rec["trainer_epoch"] == 1 and rec["dice"] is not None  # stopped after epoch 1, validated once
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_staple_on_disagreeing_noise_masks_stops_at_the_iteration_cap() -> None:
+    from scripts.fusion import staple_binary
+
+    noise = (np.random.default_rng(0).random((10, 64, 64)) > 0.5).astype(np.uint8)  # EM never converges on these
+    with pytest.warns(UserWarning, match="did not converge in 20 iterations"):
+        fused = staple_binary(noise, max_iterations=20)
+    assert fused.shape == (64, 64) and set(np.unique(fused)) <= {0, 1}

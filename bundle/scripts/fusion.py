@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -18,25 +19,36 @@ logger = logging.getLogger(__name__)
 METHODS = ("staple", "mean", "vote")
 
 
-def staple_binary(samples: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+STAPLE_MAX_ITERATIONS = 200  # SimpleITK's default is unbounded: EM on noisy, disagreeing masks may never converge
+
+
+def staple_binary(
+    samples: np.ndarray, threshold: float = 0.5, max_iterations: int = STAPLE_MAX_ITERATIONS
+) -> np.ndarray:
     """Binary STAPLE of N {0,1} masks (N, *spatial) with SimpleITK; returns the {0,1} consensus.
 
     STAPLE's EM is undefined (NaN) when every rater is all-empty or all-full, which is common on 2D slices; then all
-    raters agree and their common mask is returned. Any other NaN falls back to majority vote, with a warning.
+    raters agree and their common mask is returned. Any other NaN falls back to majority vote, with a warning. EM stops
+    at convergence or after ``max_iterations`` (then its last estimate is used, with a warning).
     """
     import SimpleITK as sitk  # imported where STAPLE runs: the other fusions do not need it
 
     samples = (samples > 0).astype(np.uint8)
     if (samples == samples[0]).all():
         return samples[0].copy()
-    prob = sitk.GetArrayFromImage(sitk.STAPLE([sitk.GetImageFromArray(s) for s in samples], 1.0))
+    f = sitk.STAPLEImageFilter()
+    f.SetForegroundValue(1.0)
+    f.SetMaximumIterations(max_iterations)
+    prob = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(s) for s in samples]))
+    if f.GetElapsedIterations() >= max_iterations:
+        warnings.warn(f"STAPLE did not converge in {max_iterations} iterations; its last estimate is used", stacklevel=2)
     if np.isnan(prob).any():
         logger.warning("STAPLE returned NaN; using the majority vote instead")
         return vote(samples[:, None])[0]
     return (prob >= threshold).astype(np.uint8)
 
 
-def staple_multilabel(label_maps: np.ndarray) -> np.ndarray:
+def staple_multilabel(label_maps: np.ndarray, max_iterations: int = STAPLE_MAX_ITERATIONS) -> np.ndarray:
     """Multi-class STAPLE of N label maps (N, *spatial) with SimpleITK's ``MultiLabelSTAPLEImageFilter``."""
     import SimpleITK as sitk
 
@@ -45,6 +57,7 @@ def staple_multilabel(label_maps: np.ndarray) -> np.ndarray:
         return label_maps[0].copy()
     f = sitk.MultiLabelSTAPLEImageFilter()
     f.SetLabelForUndecidedPixels(255)
+    f.SetMaximumNumberOfIterations(max_iterations)
     fused = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(m) for m in label_maps]))
     undecided = fused == 255
     if undecided.any():  # ties: take the majority label of the raters there
@@ -79,7 +92,7 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     return (entr(p) + entr(1 - p)) / np.log(2)
 
 
-def fuse(samples: np.ndarray, method: str = "staple") -> np.ndarray:
+def fuse(samples: np.ndarray, method: str = "staple", max_iterations: int = STAPLE_MAX_ITERATIONS) -> np.ndarray:
     """(N, K, *spatial) binary samples -> (*spatial) label map 0..K fused with ``method``."""
     if method not in METHODS:
         raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
@@ -90,8 +103,8 @@ def fuse(samples: np.ndarray, method: str = "staple") -> np.ndarray:
     if method == "vote":
         return onehot_to_labels(vote(samples), 0)
     if k == 1:
-        return staple_binary(samples[:, 0])
-    return staple_multilabel(np.stack([onehot_to_labels(s, 0) for s in samples]))
+        return staple_binary(samples[:, 0], max_iterations=max_iterations)
+    return staple_multilabel(np.stack([onehot_to_labels(s, 0) for s in samples]), max_iterations)
 
 
 class EnsembleFusiond(MapTransform):
@@ -110,9 +123,11 @@ class EnsembleFusiond(MapTransform):
         method: str = "staple",
         uncertainty_key: str | None = "uncertainty",
         samples_key: str | None = None,
+        staple_max_iterations: int = STAPLE_MAX_ITERATIONS,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.staple_max_iterations = staple_max_iterations
         if method not in METHODS:
             raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
         self.ensemble_size, self.method = ensemble_size, method
@@ -128,7 +143,7 @@ class EnsembleFusiond(MapTransform):
                     f"{key} has {arr.shape[0]} channels, not a multiple of ensemble_size={self.ensemble_size}"
                 )
             samples = (arr > 0.5).reshape(self.ensemble_size, -1, *arr.shape[1:]).astype(np.uint8)
-            d[key] = self._like(pred, fuse(samples, self.method)[None])
+            d[key] = self._like(pred, fuse(samples, self.method, self.staple_max_iterations)[None])
             if self.uncertainty_key:
                 entropy = binary_entropy(samples.mean(0)).max(0)[None].astype(np.float32)
                 d[self.uncertainty_key] = self._like(pred, entropy)

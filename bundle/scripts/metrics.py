@@ -18,7 +18,7 @@ from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
 from monai.utils import MetricReduction
 from scipy import stats
 
-from .fusion import fuse
+from .fusion import STAPLE_MAX_ITERATIONS, fuse
 
 
 def overlap_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +52,8 @@ def generalized_energy_distance(samples: torch.Tensor, truths: torch.Tensor) -> 
     s, y = samples.bool(), truths.bool()
 
     def mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (A, K, P), (B, K, P) -> (K,)
-        _, iou = overlap_scores(a[:, None], b[None])
-        return (1 - iou).mean(dim=(0, 1))
+        # one row of pairs at a time: memory of (B, K, P), not (A, B, K, P), for large volumes
+        return torch.stack([(1 - overlap_scores(ai[None], b)[1]).mean(0) for ai in a]).mean(0)
 
     return 2 * mean_distance(s, y) - mean_distance(s, s) - mean_distance(y, y)
 
@@ -116,9 +116,9 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
     Per case (B, N); aggregated over cases to the curve (N,).
     """
 
-    def __init__(self, method: str = "staple") -> None:
+    def __init__(self, method: str = "staple", max_iterations: int = STAPLE_MAX_ITERATIONS) -> None:
         super().__init__()
-        self.method = method
+        self.method, self.max_iterations = method, max_iterations
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         samples, truth = _split(y_pred, y)
@@ -127,7 +127,7 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
         curves = []
         for case, gt in zip(samples, truth, strict=True):
             arr = case.reshape(case.shape[0], k, *spatial).numpy().astype(np.uint8)
-            fused = [torch.from_numpy(fuse(arr[:n], self.method)).flatten() for n in range(1, arr.shape[0] + 1)]
+            fused = [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)).flatten() for n in range(1, arr.shape[0] + 1)]
             onehot = torch.stack([torch.stack([f == c for c in range(1, k + 1)]) for f in fused])  # (N, K, P)
             dice, _ = overlap_scores(onehot, gt[None])
             curves.append(dice.mean(-1))

@@ -1,0 +1,74 @@
+"""The shipped weights (issue 6): loadable on CPU with weights_only, fit the default inference network, segment an
+image through the default inference config, and their measured metrics are in metadata.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+
+def test_model_pt_is_a_small_cpu_state_dict_under_key_model(bundle_root: Path) -> None:
+    path = bundle_root / "models" / "model.pt"
+    assert path.stat().st_size < 25 * 2**20  # larger weights belong in large_files.yml
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert list(ckpt) == ["model"]
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in ckpt["model"].values())
+
+
+def test_model_pt_fits_the_default_inference_network(bundle_root: Path) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
+    parser["bundle_root"] = str(bundle_root)
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(bundle_root / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    net.load_state_dict(state, strict=True)
+
+
+def test_default_inference_with_the_shipped_weights_writes_a_mask(bundle_root: Path, demo_data: Path, tmp_path) -> None:
+    image = sorted((demo_data / "isic" / "images").glob("*.jpg"))[0]
+    wf = ConfigWorkflow(
+        config_file=str(bundle_root / "configs" / "inference.yaml"),
+        workflow_type="infer",
+        meta_file=str(bundle_root / "configs" / "metadata.json"),
+        logging_file=None,
+        bundle_root=str(bundle_root),
+        input=str(image),
+        output_dir=str(tmp_path),
+        num_inference_steps=2,
+        ensemble_size=2,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    mask = np.asarray(Image.open(tmp_path / f"{image.stem}_seg.png"))
+    assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # the input's own size
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_metadata_reports_measured_metrics_of_the_shipped_weights(bundle_root: Path) -> None:
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    metrics = meta["eval_metrics"]
+    assert {"mean_dice", "mean_iou", "hd95"} <= set(metrics)
+    assert all(isinstance(v, float) for k, v in metrics.items() if k in ("mean_dice", "mean_iou", "hd95"))
+    assert 0 <= metrics["mean_iou"] <= metrics["mean_dice"] <= 1
+    assert "results.md" in metrics["source"]  # where the numbers were measured, with the command
+
+
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schema" / "meta_schema_20240725.json"
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason=f"no metadata schema at {SCHEMA}")
+def test_metadata_verifies_against_the_model_zoo_schema(bundle_root: Path) -> None:
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(bundle_root / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    outputs = meta["network_data_format"]["outputs"]
+    assert next(iter(outputs.values()))["channel_def"] == {"0": "background", "1": "lesion"}  # read by MONAI Label
