@@ -41,7 +41,8 @@ def staple_binary(
     f.SetMaximumIterations(max_iterations)
     prob = sitk.GetArrayFromImage(f.Execute([sitk.GetImageFromArray(s) for s in samples]))
     if f.GetElapsedIterations() >= max_iterations:
-        warnings.warn(f"STAPLE did not converge in {max_iterations} iterations; its last estimate is used", stacklevel=2)
+        msg = f"STAPLE did not converge in {max_iterations} iterations; its last estimate is used"
+        warnings.warn(msg, stacklevel=2)
     if np.isnan(prob).any():
         logger.warning("STAPLE returned NaN; using the majority vote instead")
         return vote(samples[:, None])[0]

@@ -127,7 +127,8 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
         curves = []
         for case, gt in zip(samples, truth, strict=True):
             arr = case.reshape(case.shape[0], k, *spatial).numpy().astype(np.uint8)
-            fused = [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)).flatten() for n in range(1, arr.shape[0] + 1)]
+            sizes = range(1, arr.shape[0] + 1)
+            fused = [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)).flatten() for n in sizes]
             onehot = torch.stack([torch.stack([f == c for c in range(1, k + 1)]) for f in fused])  # (N, K, P)
             dice, _ = overlap_scores(onehot, gt[None])
             curves.append(dice.mean(-1))
