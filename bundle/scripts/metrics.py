@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
+from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from scipy import stats
 
@@ -72,12 +73,20 @@ def dice_confidence_interval(dice: torch.Tensor, level: float = 0.95) -> tuple[t
     return mean - half, mean + half
 
 
-class GeneralizedEnergyDistanceMetric(CumulativeIterationMetric):
-    """Per-case, per-class squared GED between an ensemble's samples and the (single) ground truth."""
+class _PerCaseMetric(CumulativeIterationMetric):
+    """A cumulative metric of (B, K) per-case, per-class values, aggregated with ``reduction``."""
 
     def __init__(self, reduction: MetricReduction | str = MetricReduction.MEAN) -> None:
         super().__init__()
         self.reduction = reduction
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        value, _ = do_metric_reduction(self.get_buffer(), reduction or self.reduction)
+        return value
+
+
+class GeneralizedEnergyDistanceMetric(_PerCaseMetric):
+    """Per-case, per-class squared GED between an ensemble's samples and the (single) ground truth."""
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         samples, truth = _split(y_pred, y)
@@ -85,19 +94,16 @@ class GeneralizedEnergyDistanceMetric(CumulativeIterationMetric):
             [generalized_energy_distance(s, t[None]) for s, t in zip(samples, truth, strict=True)]
         ).float()
 
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        return _reduce(self.get_buffer(), reduction or self.reduction)
 
-
-class DiceConfidenceIntervalMetric(CumulativeIterationMetric):
+class DiceConfidenceIntervalMetric(_PerCaseMetric):
     """Per-case, per-class width of the 95% confidence interval of the mean per-sample Dice (see
     ``dice_confidence_interval``); ``bound="lower"|"upper"`` returns that end of the interval instead."""
 
     def __init__(self, level: float = 0.95, bound: str = "width", reduction: MetricReduction | str = "mean") -> None:
-        super().__init__()
+        super().__init__(reduction)
         if bound not in ("width", "lower", "upper"):
             raise ValueError(f"bound must be 'width', 'lower' or 'upper', got {bound!r}")
-        self.level, self.bound, self.reduction = level, bound, reduction
+        self.level, self.bound = level, bound
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         samples, truth = _split(y_pred, y)
@@ -105,9 +111,6 @@ class DiceConfidenceIntervalMetric(CumulativeIterationMetric):
         lower, upper = dice_confidence_interval(dice.transpose(0, 1), self.level)
         out = {"width": upper - lower, "lower": lower, "upper": upper}[self.bound]
         return out.float()
-
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        return _reduce(self.get_buffer(), reduction or self.reduction)
 
 
 class EnsembleDiceCurveMetric(CumulativeIterationMetric):
@@ -121,16 +124,15 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
         self.method, self.max_iterations = method, max_iterations
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        samples, truth = _split(y_pred, y)
-        k = truth.shape[1]
-        spatial = y.shape[2:]
+        samples, _ = _split(y_pred, y)
         curves = []
-        for case, gt in zip(samples, truth, strict=True):
-            arr = case.reshape(case.shape[0], k, *spatial).numpy().astype(np.uint8)
-            sizes = range(1, arr.shape[0] + 1)
-            fused = [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)).flatten() for n in sizes]
-            onehot = torch.stack([torch.stack([f == c for c in range(1, k + 1)]) for f in fused])  # (N, K, P)
-            dice, _ = overlap_scores(onehot, gt[None])
+        for case, gt in zip(samples, y, strict=True):
+            arr = case.reshape(case.shape[0], *gt.shape).numpy().astype(np.uint8)  # (N, K, *spatial)
+            fused = torch.stack(
+                [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)) for n in range(1, arr.shape[0] + 1)]
+            )  # label maps of the first n samples, n = 1..N
+            onehot, truth = _split(fused[None], gt[None])
+            dice, _ = overlap_scores(onehot[0], truth)
             curves.append(dice.mean(-1))
         return torch.stack(curves).float()
 
@@ -158,10 +160,3 @@ class HD95Metric(HausdorffDistanceMetric):
             out[both] = hd[both]
         out[pred_any ^ gt_any] = math.sqrt(sum(s**2 for s in y.shape[2:]))
         return out
-
-
-def _reduce(buffer: torch.Tensor, reduction: MetricReduction | str) -> torch.Tensor:
-    from monai.metrics.utils import do_metric_reduction
-
-    value, _ = do_metric_reduction(buffer, reduction)
-    return value

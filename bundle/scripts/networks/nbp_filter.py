@@ -46,20 +46,20 @@ class NBPFilter(nn.Module):
         The filter depends on t only, so it is computed once per distinct embedding in the batch (one during
         sampling, where every ensemble member shares the step).
         """
-        if emb.shape[0] == 1:  # one shared timestep (sampling): no de-duplication, whose sizes torch.export can't trace
-            coords = frequency_coordinates(grid, emb.device).to(emb.dtype)[None]
-            if self.training and torch.is_grad_enabled():
-                return checkpoint(self._filter, coords, emb, use_reentrant=False)
-            return self._filter(coords, emb)
-        _, inverse = torch.unique(emb.detach(), dim=0, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), emb.shape[0], device=emb.device, dtype=torch.long)
-        first = first.scatter_reduce(0, inverse, torch.arange(emb.shape[0], device=emb.device), reduce="amin")
-        unique = emb[first]  # differentiable: indexes the original embeddings
+        if emb.shape[0] == 1:  # one shared timestep (sampling); no torch.unique, whose sizes torch.export can't trace
+            unique, inverse = emb, None
+        else:
+            _, inverse = torch.unique(emb.detach(), dim=0, return_inverse=True)
+            first = torch.full((int(inverse.max()) + 1,), emb.shape[0], device=emb.device, dtype=torch.long)
+            first = first.scatter_reduce(0, inverse, torch.arange(emb.shape[0], device=emb.device), reduce="amin")
+            unique = emb[first]  # differentiable: indexes the original embeddings
         coords = frequency_coordinates(grid, emb.device).to(emb.dtype)[None].expand(unique.shape[0], -1, -1, -1)
         if self.training and torch.is_grad_enabled():
             # recompute in backward: the L x L maps would otherwise hold ~0.8 GB per case at 256x256 (paper preset)
-            return checkpoint(self._filter, coords, unique, use_reentrant=False)[inverse]
-        return self._filter(coords, unique)[inverse]
+            filters = checkpoint(self._filter, coords, unique, use_reentrant=False)
+        else:
+            filters = self._filter(coords, unique)
+        return filters if inverse is None else filters[inverse]
 
     def _filter(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
