@@ -1,16 +1,23 @@
-"""Time one training step (forward + backward + AdamW) of MedSegDiff-V2 variants and of the UNet baseline.
+"""Time one training step (forward + backward + AdamW) of MedSegDiff-V2 and of the UNet baseline.
 
-Explains the per-iteration cost behind a fixed wall-clock comparison (bundle/docs/results.md): the V2 variants
-differ only in their Semantic Condition (SS-Former with / without NBP-Filters, none), every sample in the batch has
-its own timestep (as in training), and the baseline is configs/baseline.yaml's UNet.
+Explains the per-iteration cost behind a fixed wall-clock comparison (bundle/docs/results.md). V2 is timed through
+the bundle's own training pieces (``SegDiffusionPrepareBatch`` timestep groups, ``SegDiffusionTrainingInferer`` with
+optional bf16 autocast, ``MedSegDiffLoss``); the baseline is configs/baseline.yaml's UNet with Dice + BCE. Each row
+is the median of ``--repeats`` steps after ``--warmup`` steps, in one process, so rows compare on one machine.
+``--bundle`` times another checkout's network (e.g. a ``git worktree`` of an older commit; it must be the only
+``scripts`` package imported, so run it as a separate process) with per-case timesteps in fp32, as that code trained.
 
-    python bench/bench_train_step.py --preset small --size 128 --batch 8
+    python bench/bench_train_step.py --preset small --size 128 --batch 8 --groups none 2 1 --amp both
+    python bench/bench_train_step.py --preset paper --size 256 --batch 8 --bundle ../old/bundle --variants v2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,36 +25,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from monai.networks.nets import UNet  # noqa: E402
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
-from scripts.networks import MedSegDiffV2  # noqa: E402
 
-
-def step_time(net: torch.nn.Module, diffusion: bool, args: argparse.Namespace, device: torch.device) -> float:
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    image = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    mask = (torch.rand(args.batch, 1, args.size, args.size, device=device) > 0.5).float()
+def step_time(step, device: torch.device, warmup: int, repeats: int) -> float:
     times = []
-    for i in range(args.warmup + args.repeats):
+    for i in range(warmup + repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        if diffusion:
-            t = torch.randint(0, 1000, (args.batch,), device=device)
-            eps, anchor = net(torch.randn_like(mask), t, image=image, with_anchor=True)
-            loss = F.mse_loss(eps, mask) + F.binary_cross_entropy_with_logits(anchor, mask)
-        else:
-            loss = F.binary_cross_entropy_with_logits(net(image), mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= args.warmup:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -56,28 +56,95 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--groups", nargs="+", default=["2"], help="timestep groups per batch; 'none': one per case")
+    ap.add_argument("--amp", choices=["off", "on", "both"], default="off", help="bf16 autocast + channels_last")
+    ap.add_argument("--variants", nargs="+", default=["v2", "unet"], choices=["v2", "unet"])
+    ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "bundle")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    sys.path.insert(0, str(args.bundle.resolve()))
+    from monai.networks.nets import UNet
+    from monai.networks.schedulers import DDPMScheduler
+
+    from scripts import diffusion
+    from scripts.networks import MedSegDiffV2
+
+    new_api = hasattr(diffusion, "stratified_timesteps")  # the bundle's training pieces, or an older checkout's
     device = torch.device(args.device)
     torch.manual_seed(0)
+    image = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    mask = (torch.rand(args.batch, 1, args.size, args.size, device=device) > 0.5).float()
+    batch = {"image": image, "label": mask}
     rows = []
-    variants = [("V2 (U-SA + SS-Former + NBP-Filter)", "ssformer_nbp"), ("V2 without NBP-Filter", "ssformer")]
-    variants.append(("V2 without SS-Former", "none"))
-    for name, semantic in variants:
-        net = MedSegDiffV2(3, 1, preset=args.preset, semantic=semantic).to(device).train()
-        rows.append({"model": name, "params": sum(p.numel() for p in net.parameters())})
-        rows[-1]["seconds"] = step_time(net, True, args, device)
-    unet = UNet(2, 3, 1, (24, 48, 96, 192, 384), (2, 2, 2, 2), num_res_units=2, norm="batch").to(device).train()
-    rows.append({"model": "UNet baseline (configs/baseline.yaml)", "params": sum(p.numel() for p in unet.parameters())})
-    rows[-1]["seconds"] = step_time(unet, False, args, device)
-    print(f"| model | parameters | s per step (batch {args.batch}, {args.size}x{args.size}, {args.device}) |")
-    print("|---|---:|---:|")
+    amps = {"off": [False], "on": [True], "both": [False, True]}[args.amp]
+    if "v2" in args.variants:
+        for groups in args.groups if new_api else ["none"]:
+            g = None if groups == "none" else int(groups)
+            for amp in amps if new_api else [False]:
+                net = MedSegDiffV2(3, 1, preset=args.preset).to(device).train()
+                mf = torch.channels_last if amp else torch.contiguous_format
+                net = net.to(memory_format=mf)
+                opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+                sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta")
+                prep = diffusion.SegDiffusionPrepareBatch(1000, **({"timestep_groups": g} if new_api else {}))
+                kw = {"autocast_dtype": torch.bfloat16} if amp else {}
+                inferer = diffusion.SegDiffusionTrainingInferer(sched, **kw)
+                loss_fn = diffusion.MedSegDiffLoss()
+
+                def step(net=net, opt=opt, prep=prep, inferer=inferer, loss_fn=loss_fn, mf=mf) -> None:
+                    img, lbl, _, kwargs = prep(batch, device)
+                    loss = loss_fn(inferer(img.contiguous(memory_format=mf), net, **kwargs), lbl)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+                rows.append(
+                    {
+                        "model": f"V2 {args.preset}",
+                        "timestep_groups": groups,
+                        "precision": "bf16" if amp else "fp32",
+                        "params": sum(p.numel() for p in net.parameters()),
+                        "seconds": step_time(step, device, args.warmup, args.repeats),
+                    }
+                )
+                print(rows[-1], flush=True)
+    if "unet" in args.variants:
+        for amp in amps:
+            unet = UNet(2, 3, 1, (24, 48, 96, 192, 384), (2, 2, 2, 2), num_res_units=2, norm="batch").to(device)
+            mf = torch.channels_last if amp else torch.contiguous_format
+            unet = unet.to(memory_format=mf).train()
+            opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+            def ustep(unet=unet, opt=opt, amp=amp, mf=mf) -> None:
+                ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+                with ctx:
+                    out = unet(image.contiguous(memory_format=mf))
+                loss = F.binary_cross_entropy_with_logits(out.float(), mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            rows.append(
+                {
+                    "model": "UNet baseline",
+                    "timestep_groups": "-",
+                    "precision": "bf16" if amp else "fp32",
+                    "params": sum(p.numel() for p in unet.parameters()),
+                    "seconds": step_time(ustep, device, args.warmup, args.repeats),
+                }
+            )
+            print(rows[-1], flush=True)
+    where = f"{args.device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)})"
+    print(f"\n{where}, torch {torch.__version__}, {torch.get_num_threads()} threads, bundle {args.bundle}")
+    print(f"| model | timestep groups | precision | parameters | s per step (batch {args.batch}, {args.size}px) |")
+    print("|---|---|---|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']:,} | {r['seconds']:.3f} |")
+        print(f"| {r['model']} | {r['timestep_groups']} | {r['precision']} | {r['params']:,} | {r['seconds']:.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        meta = {"args": {k: str(v) for k, v in vars(args).items()}, "device": where, "torch": torch.__version__}
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_geometry_mismatch(tmp_path: Path) -> None:
     case = nifti_case(tmp_path)
     shifted = np.eye(4)
     shifted[:3, 3] = [0.0, 2.0, 0.0]
-    save_nifti(tmp_path / case["label"], np.zeros((8, 9, 5), np.uint8), shifted)
+    save_nifti(tmp_path / case["label"], np.ones((8, 9, 5), np.uint8), shifted)
     expect_error("lbl.nii.gz", "geometry mismatch", [case], tmp_path, 1, 3)
     validate([case], tmp_path, 1, 3, affine_tol=5.0)  # within a (silly) tolerance it passes
 
@@ -285,7 +285,7 @@ def test_folder_layout_nnunet_channel_suffix(tmp_path: Path) -> None:
     (tmp_path / "labelsTr").mkdir()
     for i in range(3):
         save_nifti(tmp_path / "imagesTr" / f"case{i}_0000.nii.gz", np.zeros((4, 5, 6), np.float32))
-        save_nifti(tmp_path / "labelsTr" / f"case{i}.nii.gz", np.zeros((4, 5, 6), np.uint8))
+        save_nifti(tmp_path / "labelsTr" / f"case{i}.nii.gz", np.ones((4, 5, 6), np.uint8))
     sections = data.validate_datalist(None, tmp_path, 1, 3, val_fraction=0.3)
     assert (len(sections["training"]), len(sections["validation"])) == (2, 1)
     with pytest.raises(DataValidationError, match="no datalist given and no folder layout found"):

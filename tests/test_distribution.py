@@ -86,7 +86,7 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
         "val_interval": 2,
         "val_steps": 2,
         "ema_momentum": 0.1,
-        "ema_warmup_iters": 1,
+        "ema_power": None,
         **NET,
         "ckpt_dir": f"$'{tmp_path}/models/rank' + os.environ['RANK']",  # each rank's own folder: who wrote what
         "output_dir": str(tmp_path / "runs"),
@@ -105,7 +105,7 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
     configs = f"['configs/train.yaml','configs/multi_gpu_train.yaml','{tmp_path / 'tiny.yaml'}']"
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     # CPU and gloo even on a CUDA machine (one GPU per process would need two GPUs)
-    proc = run_cli([*args, "-m", "monai.bundle", "run", "--config_file", configs], bundle_root, CUDA_VISIBLE_DEVICES="")
+    proc = run_cli([*args, "-m", "monai.bundle", "run", "--config_file", configs], bundle_root, 600, CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -131,7 +131,7 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
     assert not list(rank1.iterdir())  # rank 1 wrote no checkpoint
     ckpt = torch.load(rank0 / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["network"])  # saved without the DDP wrapper
-    MedSegDiffV2(3, 1, **TINY_NET).load_state_dict(torch.load(rank0 / "model.pt", weights_only=True))
+    MedSegDiffV2(3, 1, **TINY_NET).load_state_dict(torch.load(rank0 / "model.pt", weights_only=True)["model"])
 
 
 # -- packaging ---------------------------------------------------------------------------------------------------------

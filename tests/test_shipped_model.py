@@ -1,33 +1,54 @@
-"""The shipped weights (issue 6): loadable on CPU with weights_only, fit the default inference network, segment an
-image through the default inference config, and their measured metrics are in metadata.json."""
+"""The shipped weights: loadable on CPU with weights_only, fit the default inference network, segment an image through
+the default inference config, their sha256 is recorded, and their measured metrics are in metadata.json. The weights
+tested are the committed ones (``committed_model``), never what a local run left in the working tree."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
+from scripts.distribution import large_file_entry, verify_weights
 
-def test_model_pt_is_a_small_cpu_state_dict_under_key_model(bundle_root: Path) -> None:
-    path = bundle_root / "models" / "model.pt"
-    assert path.stat().st_size < 25 * 2**20  # larger weights belong in large_files.yml
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+
+def test_model_pt_is_a_small_cpu_state_dict_under_key_model(committed_model: Path) -> None:
+    assert committed_model.stat().st_size < 25 * 2**20  # larger weights belong in large_files.yml
+    ckpt = torch.load(committed_model, map_location="cpu", weights_only=True)
     assert list(ckpt) == ["model"]
     assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in ckpt["model"].values())
 
 
-def test_model_pt_fits_the_default_inference_network(bundle_root: Path) -> None:
+def test_model_pt_fits_the_default_inference_network(bundle_root: Path, committed_model: Path) -> None:
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
     parser["bundle_root"] = str(bundle_root)
     net = parser.get_parsed_content("network_def")
-    state = torch.load(bundle_root / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    state = torch.load(committed_model, map_location="cpu", weights_only=True)["model"]
     net.load_state_dict(state, strict=True)
+
+
+def test_recorded_sha256_matches_the_committed_and_the_checked_out_weights(
+    bundle_root: Path, committed_model: Path
+) -> None:
+    """large_files.yml records the hash of models/model.pt (one place; update it when the weights change)."""
+    entry = large_file_entry(bundle_root / "models" / "model.pt", bundle_root / "large_files.yml")
+    assert entry is not None and entry["hash_type"] == "sha256"
+    recorded = entry["hash_val"]
+    git = ["git", "show", "HEAD:bundle/large_files.yml"]
+    head = subprocess.run(git, cwd=bundle_root, capture_output=True, text=True)
+    committed = yaml.safe_load(head.stdout).get("committed_files") or [] if head.returncode == 0 else []
+    for e in (e for e in committed if e["path"] == "models/model.pt"):  # the committed pair agrees
+        assert e["hash_val"] == hashlib.sha256(committed_model.read_bytes()).hexdigest()
+    assert verify_weights(bundle_root / "models" / "model.pt", bundle_root / "large_files.yml") is True
+    assert hashlib.sha256((bundle_root / "models" / "model.pt").read_bytes()).hexdigest() == recorded
 
 
 def test_default_inference_with_the_shipped_weights_writes_a_mask(bundle_root: Path, demo_data: Path, tmp_path) -> None:

@@ -22,7 +22,7 @@ TINY = {
     "val_interval": 1,
     "val_steps": 2,
     "ema_momentum": 0.1,
-    "ema_warmup_iters": 1,
+    "ema_power": None,
     **{f"network_def#{k}": v for k, v in TINY_NET.items()},
 }
 
@@ -68,7 +68,7 @@ def test_2d_binary_training_writes_checkpoints_and_validation_dice(bundle_root: 
     assert 0.0 <= rec["dice"] <= 1.0
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     net = wf.parser.get_parsed_content("network_def")
-    net.load_state_dict(model)  # the best checkpoint holds the (EMA) network weights
+    net.load_state_dict(model["model"])  # the best checkpoint holds the (EMA) network weights, as the shipped file
     ckpt = torch.load(latest_checkpoint(tmp_path / "models"), map_location="cpu", weights_only=True)
     assert {"network", "ema", "optimizer", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 4 and ckpt["trainer"]["epoch_length"] == 4
@@ -120,10 +120,9 @@ def test_resume_continues_from_the_saved_epoch(bundle_root: Path, tmp_path: Path
 
 
 def test_resume_rejects_the_string_false(bundle_root: Path, tmp_path: Path) -> None:
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", resume="false")
-    with pytest.raises(RuntimeError) as err:
-        wf.parser.get_parsed_content("train#handlers")
-    assert "resume must be True or False" in repr(err.value.__cause__) + str(err.value)
+    with pytest.raises(RuntimeError) as err:  # at start-up (scripts/checks.py), before any data is read
+        workflow(bundle_root, tmp_path, "quick.yaml", resume="false")
+    assert "resume='false' is invalid, expected True or False" in repr(err.value.__cause__) + str(err.value)
 
 
 def test_checkpoint_write_is_atomic_and_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,9 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from .dicom import check_dicom_series
+from .errors import BundleError
+
 __all__ = [
     "BinarizeLabeld",
     "DataValidationError",
@@ -62,7 +65,7 @@ SECTIONS = ("training", "validation")
 PathLike = str | os.PathLike
 
 
-class DataValidationError(ValueError):
+class DataValidationError(BundleError):
     """A dataset problem found before training; the message names the file and the problem."""
 
 
@@ -209,10 +212,14 @@ def _read(path: str, with_data: bool) -> _FileInfo:
                 data = np.asarray(img) if with_data else None
                 return _FileInfo(path, tuple(img.size), len(img.getbands()), None, data)
         # DICOM series folder or another format: exactly what LoadImaged will do in training
+        if os.path.isdir(path):
+            check_dicom_series(path)  # ITK would stack a series with a gap at a wrong, uniform spacing
         img = LoadImage(image_only=True)(path)
         spatial = tuple(int(s) for s in img.meta["spatial_shape"])
         channels = int(np.prod(img.shape)) // max(int(np.prod(spatial)), 1)
         return _FileInfo(path, spatial, channels, np.asarray(img.affine, dtype=float), img.numpy())
+    except BundleError as e:
+        raise DataValidationError(str(e)) from e
     except Exception as e:  # any reader failure means the same thing to the user
         reason = f"{type(e).__name__}: {e}".strip().splitlines()[0][:200]
         raise DataValidationError(f"{path}: cannot be read (corrupt or truncated file?): {reason}") from e
@@ -314,7 +321,8 @@ class _Checker:
     affine_tol: float
     check_data: bool
 
-    def __call__(self, item: Any, root: Path) -> dict:
+    def __call__(self, item: Any, root: Path) -> tuple[dict, set[int]]:
+        """The case with absolute paths, and the foreground classes its label holds."""
         if not isinstance(item, Mapping):
             raise DataValidationError(f"entry {item!r} is not a dict with {self.image_key!r} and {self.label_key!r}")
         for key in (self.image_key, self.label_key):
@@ -344,7 +352,8 @@ class _Checker:
                 f"{paths[0]}: image has {channels} channels, expected in_channels={self.in_channels}"
             )
         _check_label_values(label, self.num_classes, self.binary_255)
-        return case
+        values = {int(v) for v in np.unique(label.data) if v != 0}
+        return case, {1 if v == 255 and self.num_classes == 1 else v for v in values}
 
 
 def validate_datalist(
@@ -363,6 +372,7 @@ def validate_datalist(
     affine_tol: float = 1e-3,
     check_data: bool = True,
     num_workers: int | None = None,
+    allow_empty_labels: bool = False,
 ) -> dict[str, list[dict]]:
     """Load the ``keys`` sections of a datalist, check every case, and return them with absolute paths.
 
@@ -382,6 +392,9 @@ def validate_datalist(
         affine_tol: absolute tolerance when comparing the image and label affines (NIfTI / DICOM).
         check_data: read the image voxels (NaN/inf check, truncated files); labels are always read.
         num_workers: threads used to read files (default: up to 8).
+        allow_empty_labels: accept a ``training`` section whose labels are all empty (all background); by default
+            it stops with an error, as the model would learn nothing. The share of empty labels of each section is
+            logged either way, and foreground classes absent from every training label are warned about.
 
     Raises:
         DataValidationError: naming the file and the problem, on the first invalid case
@@ -396,7 +409,7 @@ def validate_datalist(
     sections = _read_sections(datalist, root, keys, val_fraction, seed)
     checker = _Checker(num_classes, spatial_dims, image_key, label_key, in_channels, binary_255, affine_tol, check_data)
 
-    def check(job: tuple[str, int, Any]) -> dict | str:
+    def check(job: tuple[str, int, Any]) -> tuple[dict, set[int]] | str:
         key, index, item = job
         try:
             return checker(item, root)
@@ -415,11 +428,34 @@ def validate_datalist(
             more += "\n  ..." if len(errors) > 6 else ""
         raise DataValidationError(errors[0] + more)
     out: dict[str, list[dict]] = {key: [] for key in keys}
-    for (key, _, _), case in zip(jobs, results, strict=True):
+    classes: dict[str, list[set[int]]] = {key: [] for key in keys}
+    for (key, _, _), (case, present) in zip(jobs, results, strict=True):
         out[key].append(case)
+        classes[key].append(present)
     counts = ", ".join(f"{len(v)} {k}" for k, v in out.items())
-    logger.info(f"validated {counts} cases from {root} in {time.perf_counter() - start:.1f}s")
+    empty = {k: sum(not c for c in v) for k, v in classes.items()}
+    shares = ", ".join(f"{k} {empty[k]}/{len(v)} ({100 * empty[k] / max(len(v), 1):.0f}%)" for k, v in classes.items())
+    logger.info(f"validated {counts} cases from {root} in {time.perf_counter() - start:.1f}s; empty labels: {shares}")
+    if "training" in classes:
+        _check_training_labels(classes["training"], num_classes, allow_empty_labels, root)
     return out
+
+
+def _check_training_labels(present: list[set[int]], num_classes: int, allow_empty: bool, root: Path) -> None:
+    """All-empty training labels stop the run (unless allowed); foreground classes never present are warned about."""
+    seen = set().union(*present)
+    if not seen:
+        message = (
+            f"{root}: every one of the {len(present)} training labels is empty (background only): the model would "
+            "learn nothing (check the label files and num_classes, or set allow_empty_labels=True)"
+        )
+        if not allow_empty:
+            raise DataValidationError(message)
+        logger.warning(message)
+        return
+    absent = sorted(set(range(1, num_classes + 1)) - seen)
+    if absent:
+        logger.warning(f"{root}: foreground class(es) {absent} appear in no training label (num_classes={num_classes})")
 
 
 def load_datalist(
@@ -480,8 +516,10 @@ def load_images(
             logger.warning(f"skipping a bad case: {e}")
             continue
         cases.append({**(dict(item) if isinstance(item, Mapping) else {}), image_key: path})
-    if not cases:
-        raise DataValidationError("no valid input case to segment:\n  " + "\n  ".join(bad or ["(empty input)"]))
+    if not cases:  # one line: the reason of the first bad case (all of them were logged above)
+        first = bad[0] if bad else "empty input"
+        more = f" (and {len(bad) - 1} more bad case(s), logged above)" if len(bad) > 1 else ""
+        raise DataValidationError(f"no valid input case to segment: {first}{more}")
     logger.info(f"{len(cases)} case(s) to segment, {len(bad)} skipped")
     return cases
 

@@ -1,7 +1,9 @@
 """Shipping the bundle: weights integrity against ``large_files.yml`` and a check of command-line override keys.
 
 ``large_files.yml`` follows the model-zoo convention: ``large_files: [{path, url, hash_val, hash_type}]`` with paths
-relative to the bundle root. ``VerifiedWeightsLoader`` checks a listed weight file's hash before loading it.
+relative to the bundle root; its ``committed_files`` list records, the same way, the hash of each weight file committed
+with the bundle (``models/model.pt``). ``VerifiedWeightsLoader`` checks a listed weight file's hash before loading it,
+so a truncated or replaced file is reported as corrupt, with its path.
 
 ``monai.bundle run`` accepts any ``--key value`` and silently adds unknown keys to the config, so a typo such as
 ``--learning_rte 1e-3`` trains with the default. ``check_cli_overrides`` (called from a config's ``initialize``
@@ -24,12 +26,15 @@ from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS, ID_SEP_KEY, MERGE_KEY
 
+from .errors import BundleError, install_error_summary
 from .handlers import WeightsLoader
 
 logger = logging.getLogger(__name__)
 
 # the parameters of monai.bundle.scripts.run itself; every other --key is a config override
 RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+# the lists of large_files.yml that hold weight files with their hash
+WEIGHT_LISTS = ("large_files", "committed_files")
 
 
 # -- weights integrity -------------------------------------------------------------------------------------------------
@@ -43,14 +48,16 @@ def file_hash(path: str | Path, hash_type: str = "sha256", chunk: int = 1 << 20)
 
 
 def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> dict | None:
-    """The entry of ``large_files`` (yml/yaml/json) whose ``path`` (relative to ``bundle_root``, by default the folder
-    of ``large_files``) is ``path``; ``None`` when the list file does not exist or does not list ``path``."""
+    """The entry of ``large_files`` (yml/yaml/json; its ``large_files`` or ``committed_files`` list) whose ``path``
+    (relative to ``bundle_root``, by default the folder of ``large_files``) is ``path``; ``None`` when the list file
+    does not exist or does not list ``path``."""
     large_files = Path(large_files)
     if not large_files.is_file():
         return None
     root = Path(bundle_root) if bundle_root is not None else large_files.parent
     target = Path(path).resolve()
-    for entry in ConfigParser.load_config_file(large_files).get("large_files", []):
+    content = ConfigParser.load_config_file(large_files)
+    for entry in (e for name in WEIGHT_LISTS for e in content.get(name) or []):
         if (root / entry["path"]).resolve() == target:
             return entry
     return None
@@ -68,10 +75,10 @@ def verify_weights(path: str | Path, large_files: str | Path, bundle_root: str |
         return False
     actual = file_hash(path, hash_type)
     if actual.lower() != str(expected).lower():
-        raise ValueError(
-            f"{path} is not the file listed in {large_files}: expected {hash_type} {expected}, got {actual}. "
-            f"It is corrupt, truncated or was replaced; download it again from {entry.get('url') or 'its source'} "
-            "(weights you trained yourself: load them with --ckpt_path <another file>)."
+        raise BundleError(
+            f"{path} is not the file listed in {large_files}: corrupt, truncated or replaced (expected {hash_type} "
+            f"{expected}, got {actual}). Restore it ({entry.get('url') or 'git checkout -- ' + str(entry['path'])}); "
+            "to ship new weights on purpose, record their hash there; to use your own, pass --ckpt_path <file>."
         )
     logger.info(f"{path}: {hash_type} verified against {large_files}")
     return True
@@ -131,9 +138,12 @@ def _cli_value(value: str) -> Any:
 def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """Raises ``ValueError`` when ``python -m monai.bundle run`` got an override key (``--key value``) that its config
     files do not define, with close matches. Does nothing outside that command (Python API, tests, other CLIs)."""
+    from_process = argv is None
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or argv[1] != "run":
         return
+    if from_process:
+        install_error_summary()  # a bundle error ends stderr with its one-line message
     args: dict[str, Any] = {}
     for i, token in enumerate(argv[2:], start=2):
         if token.startswith("--") and len(token) > 2:
@@ -154,7 +164,7 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
         for key in unknown:
             close = difflib.get_close_matches(key.replace(ID_SEP_KEY, "#"), ids, n=3)
             hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
-        raise ValueError(
+        raise BundleError(
             f"unknown config key(s) on the command line: {'; '.join(hints)}. They are not defined in {config_file}; "
             "monai.bundle would silently add them and ignore them. Fix the spelling, or define a new key in a config."
         )

@@ -13,6 +13,16 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from .diffusion import unwrap
+from .networks.unet import ConditionOutput
+
+
+def _match_depth(donor: torch.Tensor, shape: torch.Size, slice_axis: int) -> torch.Tensor:
+    """``donor`` with as many slices along ``slice_axis`` as ``shape`` (nearest slice); 2D batches pass through."""
+    if donor.ndim == 4 or donor.shape == shape:
+        return donor
+    axis = 2 + slice_axis
+    index = torch.linspace(0, donor.shape[axis] - 1, shape[axis], device=donor.device).round().long()
+    return donor.index_select(axis, index)
 
 
 class DiffusionSegmentationInferer(Inferer):
@@ -33,6 +43,11 @@ class DiffusionSegmentationInferer(Inferer):
         eta: DDIM's eta (0: deterministic DDIM steps; ignored by other schedulers).
         channels_last: run the network in channels_last memory format (faster convolutions with bf16 on CPUs).
         progress: show a per-slice progress bar for volumes.
+        start_t: anchor-initialised sampling: start the reverse chain at the last sampling timestep <= ``start_t``
+            from q(x_t | anchor), the Condition Model's anchor mask noised to t, instead of from pure noise at T
+            (``None``). Fewer steps run: only those below ``start_t``.
+        diagnostics: also return the anchor mask (``"anchor"``) and the samples drawn with another case's condition
+            (``"pred_swapped"``, same noise; the other case's image comes as ``donor``) next to ``"pred"``.
     """
 
     def __init__(
@@ -48,6 +63,8 @@ class DiffusionSegmentationInferer(Inferer):
         eta: float = 0.0,
         progress: bool = False,
         channels_last: bool = False,
+        start_t: int | None = None,
+        diagnostics: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -63,6 +80,8 @@ class DiffusionSegmentationInferer(Inferer):
         self.eta = eta
         self.progress = progress
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.start_t = start_t
+        self.diagnostics = diagnostics
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -70,29 +89,55 @@ class DiffusionSegmentationInferer(Inferer):
             kwargs["eta"] = self.eta
         return kwargs
 
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def _timesteps(self) -> torch.Tensor:
+        timesteps = self.scheduler.timesteps
+        if self.start_t is None:
+            return timesteps
+        kept = timesteps[timesteps <= self.start_t]
+        if len(kept) == 0:
+            raise ValueError(f"start_t={self.start_t} is below every sampling timestep {timesteps.tolist()}.")
+        return kept
+
     @torch.no_grad()
-    def sample(self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Binarised ensemble samples (B, N, K, H, W) for a batch of 2D images (B, C, H, W)."""
+    def condition(self, image: torch.Tensor, network: nn.Module) -> ConditionOutput:
+        """The Condition Model's output for a batch of 2D images (run once, shared by all steps and members)."""
         net = unwrap(network)
-        b, n, k = image.shape[0], self.ensemble_size, net.out_channels
-        autocast = (
-            torch.autocast(image.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
         if self.memory_format == torch.channels_last:
             net.to(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)
-        with autocast:  # the Condition Model runs once per image, shared by every step and ensemble member
-            condition = net.condition(image).repeat_interleave(n)
+        with self._autocast(image.device):
+            return net.condition(image)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image: torch.Tensor,
+        network: nn.Module,
+        generator: torch.Generator | None = None,
+        condition: ConditionOutput | None = None,
+    ) -> torch.Tensor:
+        """Binarised ensemble samples (B, N, K, H, W) for a batch of 2D images (B, C, H, W); ``condition`` replaces
+        the images' own Condition Model output (the image-reliance diagnostic)."""
+        net = unwrap(network)
+        b, n, k = image.shape[0], self.ensemble_size, net.out_channels
+        self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
+        timesteps = self._timesteps()
+        condition = (condition if condition is not None else self.condition(image, network)).repeat_interleave(n)
         x = torch.randn((b * n, k, *image.shape[2:]), generator=generator, device=image.device)
+        if self.start_t is not None:  # x_{t_s} ~ q(x_{t_s} | anchor)
+            anchor = (condition.anchor_logits.float() > 0).float() * 2 - 1
+            x = self.scheduler.add_noise(anchor, x, timesteps[:1].expand(b * n))
         x = x.contiguous(memory_format=self.memory_format)
         step_kwargs = self._step_kwargs(generator)
-        for t in self.scheduler.timesteps:
-            with autocast:
-                eps = net(x, t, condition=condition)
-            x, _ = self.scheduler.step(eps.float(), int(t), x, **step_kwargs)
+        for t in timesteps:
+            with self._autocast(image.device):
+                out = net(x, t, condition=condition)
+            x, _ = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
         return (x > 0).float().reshape(b, n, k, *image.shape[2:])
 
     def _fuse(self, samples: torch.Tensor) -> torch.Tensor:
@@ -102,13 +147,32 @@ class DiffusionSegmentationInferer(Inferer):
             return samples.mean(dim=1)
         return samples.flatten(1, 2)
 
-    def _sample_2d(self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None) -> torch.Tensor:
-        return self._fuse(self.sample(image, network, generator))
+    def _sample_2d(
+        self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        if not self.diagnostics:
+            return self._fuse(self.sample(image, network, generator))
+        image, donor = image.chunk(2, dim=1)  # the donor case's image rides along as extra channels
+        own = self.condition(image, network)
+        state = generator.get_state() if generator is not None else None
+        pred = self._fuse(self.sample(image, network, generator, own))
+        if generator is not None:  # the swapped-condition run draws the same noise
+            generator.set_state(state)
+        swapped = self._fuse(self.sample(image, network, generator, self.condition(donor, network)))
+        return {"pred": pred, "anchor": (own.anchor_logits > 0).float(), "pred_swapped": swapped}
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: nn.Module, *args: Any, donor: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``donor``: another case's image (same channels and in-plane size; a volume's depth is matched by nearest
+        slice), required with ``diagnostics``."""
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
+        if self.diagnostics:
+            if donor is None:
+                raise ValueError("diagnostics=True needs the donor image of another case (donor=...).")
+            inputs = torch.cat([inputs, _match_depth(donor.to(inputs), inputs.shape, self.slice_axis)], dim=1)
         if inputs.ndim == 4:
             return self._sample_2d(inputs, network, generator)
         if inputs.ndim != 5:

@@ -1,6 +1,6 @@
 """MedSegDiff-V2 network, one module per component named in the paper."""
 
-from .medsegdiff_v2 import ANCHOR_MODES, PRESETS, SEMANTIC_MODES, MedSegDiffV2
+from .medsegdiff_v2 import ANCHOR_MODES, GATE_MODES, PRESETS, SEMANTIC_MODES, MedSegDiffV2
 from .nbp_filter import NBPFilter
 from .ss_former import FourierCrossAttention, SSFormer, SSFormerBlock
 from .unet import ConditionModel, ConditionOutput, UNetTrunk
@@ -8,6 +8,7 @@ from .usa import USA, SpatialAttention
 
 __all__ = [
     "ANCHOR_MODES",
+    "GATE_MODES",
     "PRESETS",
     "SEMANTIC_MODES",
     "ConditionModel",

@@ -14,6 +14,7 @@ from .usa import USA, SpatialAttention
 
 ANCHOR_MODES = ("none", "sa", "usa")
 SEMANTIC_MODES = ("none", "ssformer", "ssformer_nbp")
+GATE_MODES = ("single", "per_class")
 
 PRESETS: dict[str, dict] = {
     # 256x256 as in the paper: 46,880,035 parameters with 3 image channels and 1 class (Table 5 reports 46 M)
@@ -53,6 +54,13 @@ class MedSegDiffV2(nn.Module):
         anchor: Anchor Condition, ``"none"`` | ``"sa"`` | ``"usa"`` (Table 4).
         semantic: Semantic Condition, ``"none"`` | ``"ssformer"`` (without filter) | ``"ssformer_nbp"`` (Table 4).
         gradient_checkpointing: recompute the UNets' residual blocks in backward (less training memory, ~30% slower).
+        filter_checkpointing: recompute the NBP-Filters in backward (less training memory when a batch holds many
+            distinct timesteps; slower).
+        anchor_gates: ``"single"`` (eq. 5: one gate map) or ``"per_class"`` (one gate per class, each over its own
+            channel group of f_d). Not in the paper.
+        anchor_residual: also add a zero-initialised 1x1 projection of f_anc to f_d'. Not in the paper.
+        concat_anchor: feed the Condition Model's anchor probabilities to the denoiser next to x_t (the authors'
+            released code concatenates the image instead). Not in the paper.
     """
 
     def __init__(
@@ -73,12 +81,18 @@ class MedSegDiffV2(nn.Module):
         filter_blocks: int | None = None,
         dropout: float = 0.0,
         gradient_checkpointing: bool = False,
+        filter_checkpointing: bool = False,
+        anchor_gates: str = "single",
+        anchor_residual: bool = False,
+        concat_anchor: bool = False,
     ) -> None:
         super().__init__()
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None.")
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"Unknown anchor condition {anchor!r}; choose one of {ANCHOR_MODES}.")
+        if anchor_gates not in GATE_MODES:
+            raise ValueError(f"Unknown anchor_gates {anchor_gates!r}; choose one of {GATE_MODES}.")
         if semantic not in SEMANTIC_MODES:
             raise ValueError(f"Unknown semantic condition {semantic!r}; choose one of {SEMANTIC_MODES}.")
         given = {
@@ -107,10 +121,18 @@ class MedSegDiffV2(nn.Module):
             in_channels, out_channels, cfg["cond_channels"], cfg["num_res_blocks"], dropout, gradient_checkpointing
         )
         self.time_embed = TimestepEmbedding(ch[0], emb_dim)
-        self.stem = nn.Conv2d(out_channels, ch[0], 3, padding=1)
+        self.concat_anchor = concat_anchor
+        self.stem = nn.Conv2d(out_channels * (2 if concat_anchor else 1), ch[0], 3, padding=1)
         anchor_ch = cfg["cond_channels"][0]
         anchor_cls = {"none": None, "sa": SpatialAttention, "usa": USA}[anchor]
-        self.anchor_condition = anchor_cls(anchor_ch) if anchor_cls else None
+        gates = out_channels if anchor_gates == "per_class" else 1
+        if ch[0] % gates:
+            raise ValueError(f"anchor_gates='per_class' needs channels[0]={ch[0]} divisible by {gates} classes.")
+        self.anchor_condition = (
+            anchor_cls(anchor_ch, gates=gates, feature_channels=ch[0] if anchor_residual else None)
+            if anchor_cls
+            else None
+        )
         self.trunk = UNetTrunk(ch, cfg["num_res_blocks"], emb_dim, dropout, gradient_checkpointing)
         self.semantic_condition = (
             SSFormer(
@@ -124,6 +146,7 @@ class MedSegDiffV2(nn.Module):
                 use_filter=semantic == "ssformer_nbp",
                 filter_width=cfg["filter_width"],
                 filter_blocks=cfg["filter_blocks"],
+                filter_checkpointing=filter_checkpointing,
             )
             if semantic != "none"
             else None
@@ -188,7 +211,8 @@ class MedSegDiffV2(nn.Module):
                 "use condition.repeat_interleave(n) to run n ensemble members per image."
             )
         emb = self.time_embed(self._timesteps(timesteps, x.shape[0], x.device))
-        f_d = self.stem(x)  # f_d^0
+        x_in = torch.cat([x, torch.sigmoid(condition.anchor_logits).to(x.dtype)], 1) if self.concat_anchor else x
+        f_d = self.stem(x_in)  # f_d^0
         if self.anchor_condition is not None:
             f_d = self.anchor_condition(f_d, condition.feature)  # f_d'^0 (eq. 5)
         e, skips = self.trunk.encode(f_d, emb)

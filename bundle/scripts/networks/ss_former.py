@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .nbp_filter import NBPFilter
+from .nbp_filter import NBPFilter, nbp_filters
 
 
 class FourierCrossAttention(nn.Module):
@@ -38,27 +38,36 @@ class FourierCrossAttention(nn.Module):
         return x.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, heads, L, dh)
 
     def affinity(
-        self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int], emb: torch.Tensor | None = None
+        self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int], w_t: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Spatial affinity (B, heads, L, L) computed in Fourier space, NBP-filtered when a filter is configured."""
+        """Spatial affinity (B, heads, L, L) computed in Fourier space, band-passed by the filter ``w_t`` if given."""
         b, nh, n, dh = q.shape
         h, w = grid
         spec_q = torch.fft.fft2(q.float().reshape(b, nh, h, w, dh), dim=(2, 3)).reshape(b, nh, n, dh)
         spec_k = torch.fft.fft2(k.float().reshape(b, nh, h, w, dh), dim=(2, 3)).reshape(b, nh, n, dh)
         m = spec_q @ spec_k.conj().transpose(-1, -2)  # M, one row per query frequency, one column per key frequency
-        if self.nbp is not None:
-            m = m * self.nbp(emb, grid).float()
+        if w_t is not None:
+            m = m * w_t.float()
         m = m.reshape(b, nh, h, w, h, w)
         m = torch.fft.fft2(torch.fft.ifft2(m, dim=(2, 3)), dim=(4, 5))  # back to query/key token positions
         return m.real.reshape(b, nh, n, n) / n
 
     def forward(
-        self, x_q: torch.Tensor, x_kv: torch.Tensor, grid: tuple[int, int], emb: torch.Tensor | None = None
+        self,
+        x_q: torch.Tensor,
+        x_kv: torch.Tensor,
+        grid: tuple[int, int],
+        emb: torch.Tensor | None = None,
+        w_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``w_t``: this attention's NBP-Filter output when already computed (``SSFormer`` runs all filters at once);
+        otherwise the filter is computed from ``emb``."""
+        if self.nbp is not None and w_t is None:
+            w_t = self.nbp(emb, grid)
         q = self._heads(self.to_q(self.norm_q(x_q)))
         kv = self.norm_kv(x_kv)
         k, v = self._heads(self.to_k(kv)), self._heads(self.to_v(kv))
-        attn = (self.affinity(q, k, grid, emb) * q.shape[-1] ** -0.5).softmax(dim=-1).to(v.dtype)
+        attn = (self.affinity(q, k, grid, w_t) * q.shape[-1] ** -0.5).softmax(dim=-1).to(v.dtype)
         out = (attn @ v).transpose(1, 2).reshape(x_q.shape)
         return x_q + self.proj(out)
 
@@ -95,10 +104,15 @@ class SSFormerBlock(nn.Module):
         self.noise_mlp = MLP(dim, mlp_ratio)
 
     def forward(
-        self, c: torch.Tensor, e: torch.Tensor, grid: tuple[int, int], emb: torch.Tensor
+        self,
+        c: torch.Tensor,
+        e: torch.Tensor,
+        grid: tuple[int, int],
+        emb: torch.Tensor,
+        filters: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        c1 = self.cond_mlp(self.noise_to_cond(c, e, grid, emb))
-        e1 = self.noise_mlp(self.cond_to_noise(e, c1, grid, emb))
+        c1 = self.cond_mlp(self.noise_to_cond(c, e, grid, emb, filters[0]))
+        e1 = self.noise_mlp(self.cond_to_noise(e, c1, grid, emb, filters[1]))
         return c1, e1
 
 
@@ -118,9 +132,11 @@ class SSFormer(nn.Module):
         filter_width: int = 16,
         filter_blocks: int = 6,
         mlp_ratio: float = 4.0,
+        filter_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.filter_checkpointing = filter_checkpointing
         self.embed_c = nn.Conv2d(cond_channels, dim, patch_size, stride=patch_size)  # patchify + linear projection
         self.embed_e = nn.Conv2d(noise_channels, dim, patch_size, stride=patch_size)
         self.blocks = nn.ModuleList(
@@ -136,6 +152,14 @@ class SSFormer(nn.Module):
         tc, te = self.embed_c(c0), self.embed_e(e)
         b, d, h, w = te.shape
         tc, te = tc.flatten(2).transpose(1, 2), te.flatten(2).transpose(1, 2)
-        for blk in self.blocks:
-            tc, te = blk(tc, te, (h, w), emb)
+        filters = self.filters(emb, (h, w))
+        for i, blk in enumerate(self.blocks):
+            tc, te = blk(tc, te, (h, w), emb, (filters[2 * i], filters[2 * i + 1]))
         return e + self.unembed(self.norm(te).transpose(1, 2).reshape(b, d, h, w))
+
+    def filters(self, emb: torch.Tensor, grid: tuple[int, int]) -> list[torch.Tensor | None]:
+        """The 2N NBP-Filter outputs (two per block), computed as one grouped stack; ``None`` without filters."""
+        nbps = [a.nbp for blk in self.blocks for a in (blk.noise_to_cond, blk.cond_to_noise)]
+        if any(f is None for f in nbps):
+            return [None] * len(nbps)
+        return nbp_filters(nbps, emb, grid, self.filter_checkpointing and self.training)

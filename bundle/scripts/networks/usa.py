@@ -8,24 +8,47 @@ from torch import nn
 
 
 class SpatialAttention(nn.Module):
-    """Eq. 5 with f_anc = f_c^{-1}: f_d' = Sigmoid(f_anc * k_1x1) . f_d + f_d (the ablation's plain "SA")."""
+    """Eq. 5 with f_anc = f_c^{-1}: f_d' = Sigmoid(f_anc * k_1x1) . f_d + f_d (the ablation's plain "SA").
 
-    def __init__(self, anchor_channels: int) -> None:
+    Two options depart from the paper (off by default; docs/architecture.md): ``gates > 1`` gives each of ``gates``
+    equal channel groups of f_d its own sigmoid gate (one per class) instead of one shared map, and
+    ``feature_channels`` adds a zero-initialised 1x1 projection of f_anc to f_d', so the anchor features also reach
+    the denoiser additively, not only as a multiplicative gate.
+    """
+
+    def __init__(self, anchor_channels: int, gates: int = 1, feature_channels: int | None = None) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(anchor_channels, 1, kernel_size=1)
+        self.gates = gates
+        self.proj = nn.Conv2d(anchor_channels, gates, kernel_size=1)
+        self.residual = nn.Conv2d(anchor_channels, feature_channels, kernel_size=1) if feature_channels else None
+        if self.residual is not None:
+            nn.init.zeros_(self.residual.weight)
+            nn.init.zeros_(self.residual.bias)
 
     def anchor(self, f_c: torch.Tensor) -> torch.Tensor:
         return f_c
 
     def forward(self, f_d: torch.Tensor, f_c: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(self.anchor(f_c))) * f_d + f_d
+        f_anc = self.anchor(f_c)
+        gate = torch.sigmoid(self.proj(f_anc))
+        if self.gates > 1:
+            gate = gate.repeat_interleave(f_d.shape[1] // self.gates, dim=1)
+        out = gate * f_d + f_d
+        return out if self.residual is None else out + self.residual(f_anc)
 
 
 class USA(SpatialAttention):
     """Eq. 4-5: f_anc = Max(f_c^{-1} * k_Gauss, f_c^{-1}) with a learnable Gaussian kernel, then spatial attention."""
 
-    def __init__(self, anchor_channels: int, kernel_size: int = 5, init_sigma: float = 1.0) -> None:
-        super().__init__(anchor_channels)
+    def __init__(
+        self,
+        anchor_channels: int,
+        kernel_size: int = 5,
+        init_sigma: float = 1.0,
+        gates: int = 1,
+        feature_channels: int | None = None,
+    ) -> None:
+        super().__init__(anchor_channels, gates, feature_channels)
         if kernel_size % 2 != 1:
             raise ValueError(f"U-SA Gaussian kernel_size must be odd, got {kernel_size}.")
         self.kernel_size = kernel_size

@@ -1,0 +1,90 @@
+"""Run directories and the end-of-run summary.
+
+Every training run writes into ``runs/<run_name>/`` (``ckpt_dir``, ``output_dir`` and ``eval_dir`` derive from
+``run_name`` in ``configs/train.yaml``), never over the shipped ``models/model.pt``. :class:`RunSummary`, called from
+``finalize``, ends the log with the best metric and the exact command that uses the run's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+
+__all__ = ["RunSummary", "command_for"]
+
+logger = logging.getLogger(__name__)
+
+
+def _display(value: Any, root: Path) -> str:
+    """A command-line value: paths inside the bundle relative to it, everything else as Fire parses it back."""
+    if isinstance(value, Path) or (isinstance(value, str) and "/" in value):
+        path = Path(value).resolve()  # relative to the working directory, as the run used it
+        try:
+            return shlex.quote(str(path.relative_to(root)))
+        except ValueError:
+            return shlex.quote(str(path))
+    return shlex.quote(value if isinstance(value, str) else repr(value))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (str, Path)) and isinstance(b, (str, Path)) and ("/" in str(a) or "/" in str(b)):
+        return Path(a).resolve() == Path(b).resolve()
+    return type(a) is type(b) and a == b
+
+
+def command_for(bundle_root: str | Path, configs: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """The ``monai.bundle run`` command (run from ``bundle_root``) with ``configs`` (relative to ``bundle_root``) and
+    an override for each of ``settings`` that those configs define with another default (a key they do not define
+    cannot matter to them, and ``check_cli_overrides`` would reject it)."""
+    root = Path(bundle_root).resolve()
+    parser = ConfigParser()
+    parser.read_config([str(root / c) for c in configs])
+    parser["bundle_root"] = str(root)
+    args = []
+    for key, value in settings.items():
+        if key in parser and not _same(value, parser.get_parsed_content(key)):
+            args.append(f"--{key} {_display(value, root)}")
+    files = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    return " ".join(["python -m monai.bundle run --config_file", shlex.quote(files), *args])
+
+
+class RunSummary:
+    """Logs, as the last lines of a training run: the best validation metric and its epoch, where the run's weights
+    are, and the command that uses them (``configs`` with ``settings`` as overrides where they differ from the
+    defaults of ``configs``; ``settings["ckpt_path"]`` is the weights file). Call it from ``finalize``."""
+
+    def __init__(
+        self,
+        bundle_root: str | Path,
+        configs: Sequence[str],
+        settings: Mapping[str, Any],
+        validator: Engine | None = None,
+        action: str = "segment images",
+    ) -> None:
+        self.bundle_root, self.configs, self.settings = Path(bundle_root), list(configs), dict(settings)
+        self.validator, self.action = validator, action
+
+    def lines(self) -> list[str]:
+        weights = Path(self.settings["ckpt_path"])
+        shown = _display(weights, self.bundle_root.resolve())
+        state = getattr(self.validator, "state", None)
+        name, best = getattr(state, "key_metric_name", None), getattr(state, "best_metric", -1)
+        if not weights.is_file():
+            return [f"training finished without a best model ({shown} was not written: no validation ran)"]
+        metric = f"best {name} {best:.4f} at epoch {state.best_metric_epoch}; " if name and best != -1 else ""
+        command = command_for(self.bundle_root, self.configs, self.settings)
+        head = f"training finished: {metric}weights: {shown}"
+        return [head, f"{self.action} with them (from the bundle root):", command]
+
+    def __call__(self) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        for line in self.lines():
+            logger.info(line)

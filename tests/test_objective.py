@@ -1,0 +1,293 @@
+"""The diffusion objective and its diagnostics: prediction types, min-SNR weights, timestep groups, the fused
+NBP-Filters, anchor-initialised sampling, the image-reliance metric, and the new keys through monai.bundle."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.metrics import DiceMetric
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from tiny_config import TINY_NET
+from torch import nn
+
+from scripts.diagnostics import DonorDataset, ImageRelianceHandler, donor_indices, loss_terms
+from scripts.diffusion import MedSegDiffLoss, SegDiffusionTrainingInferer, min_snr_weight, stratified_timesteps
+from scripts.ema import PowerMomentum
+from scripts.networks import MedSegDiffV2, NBPFilter
+from scripts.networks.nbp_filter import nbp_filters
+from scripts.networks.unet import ConditionOutput
+from scripts.sampling import DiffusionSegmentationInferer
+from scripts.schedulers import RespacedDDPMScheduler
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+class OracleNet(nn.Module):
+    """Knows the true mask of each image (channel 0 > 0.5) and returns the exact eps / x0 / v for any x_t; with
+    ``use_condition=False`` it ignores the image and always denoises towards a fixed centred square."""
+
+    out_channels = 1
+
+    def __init__(self, prediction_type: str, alphas_cumprod: torch.Tensor, use_condition: bool = True) -> None:
+        super().__init__()
+        self.prediction_type, self.abar, self.use_condition = prediction_type, alphas_cumprod, use_condition
+
+    def condition(self, image: torch.Tensor) -> ConditionOutput:
+        mask = (image[:, :1] > 0.5).float()
+        return ConditionOutput(mask * 20 - 10, mask, mask)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: ConditionOutput) -> torch.Tensor:
+        if self.use_condition:
+            x0 = condition.feature * 2 - 1
+        else:
+            x0 = -torch.ones_like(x)
+            x0[..., 4:12, 4:12] = 1
+        abar = self.abar[torch.as_tensor(t).long().reshape(-1)].view(-1, 1, 1, 1)  # one t, or one per case
+        eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+        if self.prediction_type == "epsilon":
+            return eps
+        if self.prediction_type == "sample":
+            return x0
+        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+
+def masks_and_images(n: int = 4, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images whose channel 0 holds a distinct, non-overlapping square (their truth)."""
+    image = torch.zeros(n, 3, size, size)
+    for i in range(n):
+        r, c = divmod(i, 2)
+        image[i, 0, r * 8 : r * 8 + 6, c * 8 : c * 8 + 6] = 1
+    return image, (image[:, :1] > 0.5).float()
+
+
+def scheduler(kind: str, prediction_type: str):
+    cls = {"ddpm": RespacedDDPMScheduler, "ddim": DDIMScheduler}[kind]
+    return cls(num_train_timesteps=1000, schedule="linear_beta", prediction_type=prediction_type)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_an_oracle_network_lets_the_sampler_recover_x0(kind: str, prediction_type: str) -> None:
+    sched = scheduler(kind, prediction_type)
+    net = OracleNet(prediction_type, sched.alphas_cumprod)
+    image, truth = masks_and_images()
+    inferer = DiffusionSegmentationInferer(sched, num_inference_steps=10, ensemble_size=3, fusion="mean", seed=0)
+    torch.testing.assert_close(inferer(image, net), truth)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_training_target_matches_the_scheduler_convention(prediction_type: str) -> None:
+    """The inferer's target is what the oracle returns: the loss of the oracle is 0 for every prediction type."""
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type=prediction_type)
+    oracle = OracleNet(prediction_type, sched.alphas_cumprod)
+    image, truth = masks_and_images()
+
+    class Wrapped(nn.Module):  # the training call: returns (prediction, anchor logits)
+        def forward(self, x, timesteps, image, with_anchor):
+            cond = oracle.condition(image)
+            return oracle(x, timesteps, cond), cond.anchor_logits
+
+    pred = SegDiffusionTrainingInferer(sched)(
+        image, Wrapped(), truth, torch.randn_like(truth), torch.tensor([3, 250, 600, 999])
+    )
+    torch.testing.assert_close(pred["prediction"], pred["target"], rtol=1e-4, atol=1e-4)
+
+
+def test_min_snr_weights_follow_hang_et_al() -> None:
+    t = torch.tensor([0, 100, 500, 999])
+    for kind in PREDICTION_TYPES:
+        sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type=kind)
+        abar = sched.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        want = {
+            "epsilon": snr.clamp(max=5) / snr,
+            "sample": snr.clamp(max=5),
+            "v_prediction": snr.clamp(max=5) / (snr + 1),
+        }
+        torch.testing.assert_close(min_snr_weight(sched, t, 5.0), want[kind].float())
+        assert torch.equal(min_snr_weight(sched, t, None), torch.ones(4))
+
+
+def test_loss_reports_its_two_terms() -> None:
+    pred = {
+        "prediction": torch.zeros(2, 1, 4, 4),
+        "target": torch.ones(2, 1, 4, 4),
+        "weight": torch.tensor([1.0, 0.5]),
+        "anchor": torch.zeros(2, 1, 4, 4),
+        "timesteps": torch.tensor([5, 6]),  # only the first case is gated in (t mod 5 == 0)
+    }
+    loss = MedSegDiffLoss(alpha=5, beta=10.0)(pred, torch.ones(2, 1, 4, 4))
+    torch.testing.assert_close(pred["loss_n"], torch.tensor([1.0, 0.5]))
+    assert pred["loss_anchor"][1] == 0 and pred["loss_anchor"][0] > 0
+    torch.testing.assert_close(loss, (pred["loss_n"] + pred["loss_anchor"]).mean())
+    terms = loss_terms(
+        [
+            {"loss": loss, "pred": {"loss_n": v, "loss_anchor": a}}
+            for v, a in zip(pred["loss_n"], pred["loss_anchor"], strict=True)
+        ]
+    )
+    assert terms["loss_n"] == pytest.approx(0.75) and set(terms) == {"train_loss", "loss_n", "loss_anchor"}
+
+
+def test_timestep_groups_are_distinct_and_every_case_stays_uniform() -> None:
+    torch.manual_seed(0)
+    for groups in (1, 2, 3):
+        t = stratified_timesteps(8, 1000, groups)
+        assert len(torch.unique(t)) <= groups and t.min() >= 0 and t.max() < 1000
+    draws = torch.stack([stratified_timesteps(6, 10, 4) for _ in range(20000)])  # G does not divide B
+    for case in range(6):
+        freq = torch.bincount(draws[:, case], minlength=10).float() / len(draws)
+        assert (freq - 0.1).abs().max() < 0.012, freq  # uniform on {0..9}: 0.1 each (~0.002 std)
+    assert len(torch.unique(stratified_timesteps(5, 1000, None))) >= 4  # None: one draw per case
+
+
+def test_fused_filters_equal_the_filters_run_one_by_one_and_all_get_gradients() -> None:
+    torch.manual_seed(0)
+    filters = [NBPFilter(emb_dim=8, heads=2, width=4, num_blocks=6) for _ in range(4)]
+    emb = torch.randn(2, 8)[torch.tensor([0, 1, 1, 0, 1])].requires_grad_()
+    fused = nbp_filters(filters, emb, (3, 4))
+
+    def one_by_one(f: NBPFilter, e: torch.Tensor) -> torch.Tensor:
+        from scripts.networks.nbp_filter import frequency_coordinates
+
+        x = frequency_coordinates((3, 4))[None].expand(len(e), -1, -1, -1)
+        for blk in f.blocks:
+            x = blk(x, e)
+        return torch.sigmoid(f.out(x))
+
+    for f, w in zip(filters, fused, strict=True):
+        torch.testing.assert_close(w, one_by_one(f, emb), rtol=1e-5, atol=1e-6)
+    sum(w.sum() for w in fused).backward()
+    for f in filters:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in f.parameters())
+    # checkpointing recomputes the same values and gradients
+    for f in filters:
+        f.zero_grad()
+    ckpt = nbp_filters(filters, emb, (3, 4), checkpointing=True)
+    for a, b in zip(fused, ckpt, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_grouped_timesteps_give_the_per_case_outputs() -> None:
+    """A batch with repeated timesteps (timestep groups) gives each case what it gets alone."""
+    torch.manual_seed(0)
+    net = MedSegDiffV2(3, 1, **TINY_NET).eval()
+    x, image = torch.randn(4, 1, 16, 16), torch.randn(4, 3, 16, 16)
+    t = torch.tensor([10, 700, 10, 700])
+    batched = net(x, t, image=image)
+    alone = torch.cat([net(x[i : i + 1], t[i : i + 1], image=image[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_network_switches_change_what_reaches_the_denoiser() -> None:
+    torch.manual_seed(0)
+    base = MedSegDiffV2(3, 2, **TINY_NET)
+    assert base.stem.in_channels == 2 and base.anchor_condition.residual is None
+    net = MedSegDiffV2(3, 2, **TINY_NET, concat_anchor=True, anchor_residual=True, anchor_gates="per_class")
+    assert net.stem.in_channels == 4 and net.anchor_condition.proj.out_channels == 2
+    assert torch.equal(net.anchor_condition.residual.weight, torch.zeros_like(net.anchor_condition.residual.weight))
+    out = net(torch.randn(2, 2, 16, 16), torch.tensor([3, 4]), image=torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="anchor_gates"):
+        MedSegDiffV2(3, 1, **TINY_NET, anchor_gates="both")
+
+
+def test_anchor_initialised_sampling_starts_from_the_noised_anchor() -> None:
+    """With start_t the chain runs only the steps below it; an oracle still lands on the truth."""
+    sched = scheduler("ddpm", "sample")
+    net = OracleNet("sample", sched.alphas_cumprod)
+    image, truth = masks_and_images()
+    calls = []
+    forward = net.forward
+    net.forward = lambda x, t, condition: calls.append(int(t)) or forward(x, t, condition)
+    inferer = DiffusionSegmentationInferer(sched, num_inference_steps=10, ensemble_size=2, fusion="mean", start_t=500)
+    torch.testing.assert_close(inferer(image, net), truth)
+    assert calls and max(calls) <= 500 and len(calls) < 10
+
+
+def reliance(net: nn.Module, sched) -> float:
+    image, truth = masks_and_images()
+    dataset = DonorDataset([{"image": im} for im in image], seed=0)
+    donor = torch.stack([dataset[i]["donor"] for i in range(len(dataset))])
+    inferer = DiffusionSegmentationInferer(
+        sched, num_inference_steps=10, ensemble_size=2, fusion="mean", diagnostics=True
+    )
+    out = inferer(image, net, donor=donor)
+    scores = {}
+    for key in ("pred", "pred_swapped", "anchor"):
+        metric = DiceMetric(include_background=True, ignore_empty=False)
+        metric((out[key] > 0.5).float(), truth)
+        scores[key] = metric.aggregate().item()
+    assert scores["anchor"] == pytest.approx(1.0)
+    return scores["pred"] - scores["pred_swapped"]
+
+
+def test_image_reliance_is_zero_without_the_condition_and_high_for_an_oracle() -> None:
+    sched = scheduler("ddpm", "epsilon")
+    assert reliance(OracleNet("epsilon", sched.alphas_cumprod, use_condition=False), sched) == pytest.approx(0.0)
+    assert reliance(OracleNet("epsilon", sched.alphas_cumprod), sched) > 0.5
+
+
+def test_donors_are_other_cases() -> None:
+    for n in (2, 3, 10):
+        donors = donor_indices(n, seed=1)
+        assert sorted(donors) == list(range(n)) and all(d != i for i, d in enumerate(donors))
+    with pytest.raises(ValueError, match="at least 2"):
+        donor_indices(1)
+
+
+def test_image_reliance_handler_subtracts_the_swapped_dice() -> None:
+    class State:
+        metrics = {"val_mean_dice": 0.9, "val_swapped_dice": 0.3}
+
+    class Engine:
+        state = State()
+
+    ImageRelianceHandler()(Engine())
+    assert Engine.state.metrics["val_image_reliance"] == pytest.approx(0.6)
+
+
+def test_ema_momentum_grows_its_window_with_the_run() -> None:
+    m = PowerMomentum(power=2 / 3, floor=1e-4)
+    assert m(1) == 1.0 and m(10**7) == 1e-4
+    assert m(700) == pytest.approx(700 ** (-2 / 3)) and m(700) > m(10_000)
+    assert math.isclose(1 / m(1000), 100, rel_tol=1e-6)
+
+
+def test_new_keys_run_through_monai_bundle(bundle_root: Path, tmp_path: Path) -> None:
+    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16 and the validation diagnostics
+    through the real training workflow (tiny network, one epoch)."""
+    wf = ConfigWorkflow(
+        config_file=[str(bundle_root / "configs" / "train.yaml"), str(bundle_root / "configs" / "quick.yaml")],
+        workflow_type="train",
+        meta_file=None,
+        logging_file=None,
+        bundle_root=str(bundle_root),
+        run_name="pytest_objective",
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "logs"),
+        roi_size=32,
+        epochs=1,
+        val_interval=1,
+        val_steps=2,
+        prediction_type="sample",
+        snr_gamma=5.0,
+        concat_anchor=True,
+        anchor_residual=True,
+        timestep_groups=1,
+        amp=True,
+        sample_start_t=600,
+        **{f"network_def#{k}": v for k, v in TINY_NET.items()},
+    )
+    wf.initialize()
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert {"val_mean_dice", "val_anchor_dice", "val_swapped_dice", "val_image_reliance"} <= set(metrics)
+    assert metrics["val_image_reliance"] == pytest.approx(metrics["val_mean_dice"] - metrics["val_swapped_dice"])
+    assert wf.parser.get_parsed_content("scheduler").prediction_type == "sample"
+    assert (tmp_path / "models" / "model.pt").is_file()
+    wf.finalize()
