@@ -101,14 +101,20 @@ class AtomicCheckpointSaver:
         self.save_key_metric, self.key_metric_name = save_key_metric, key_metric_name
         self.key_metric_filename, self.key_metric_greater_or_equal = key_metric_filename, key_metric_greater_or_equal
         self.file_prefix = file_prefix
+        # the disk savers are built here, on every rank of a distributed run: their first idist call is collective
+        # (ignite's lazy set-up of its process groups), and only rank 0 attaches this handler
+        self._disk = {
+            "interval": SafeDiskSaver(self.save_dir) if save_interval > 0 else None,
+            "best": SafeDiskSaver(self.save_dir) if save_key_metric else None,
+        }
         self.interval: Checkpoint | None = None  # built at attach, when the engine to save is known
         self.best: Checkpoint | None = None
         self.engine: Engine | None = None
         self._pending: Mapping | None = None
 
-    def _checkpoint(self, to_save: dict, filename: str | None, **kwargs: Any) -> Checkpoint:
-        key = next(iter(to_save)) if len(to_save) == 1 else None
-        saver = SafeDiskSaver(self.save_dir, key=key)
+    def _checkpoint(self, kind: str, to_save: dict, filename: str | None, **kwargs: Any) -> Checkpoint:
+        saver = self._disk[kind]
+        saver.key = next(iter(to_save)) if len(to_save) == 1 else None
         if filename:  # a fixed name (a pattern without fields), also in the record of saved files
             kwargs["filename_pattern"] = filename
         return Checkpoint(to_save, saver, filename_prefix=self.file_prefix, **kwargs)
@@ -129,7 +135,7 @@ class AtomicCheckpointSaver:
         if self.save_interval > 0:
             step = "epoch" if self.epoch_level else "iteration"
             self.interval = self._checkpoint(
-                to_save, None, score_function=self._step, score_name=step, n_saved=self.n_saved
+                "interval", to_save, None, score_function=self._step, score_name=step, n_saved=self.n_saved
             )
             # interval checkpoints of an earlier (e.g. resumed) run are replaced once the first new one is written
             name = "checkpoint" if len(to_save) > 1 else next(iter(to_save))
@@ -140,6 +146,7 @@ class AtomicCheckpointSaver:
             engine.add_event_handler(event(every=self.save_interval), self.interval)
         if self.save_key_metric:
             self.best = self._checkpoint(
+                "best",
                 to_save,
                 self.key_metric_filename,
                 score_function=self._score,
