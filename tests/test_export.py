@@ -19,13 +19,13 @@ from scripts.sampling import DiffusionSegmentationInferer
 ROI = 32
 # the tiny network through the bundle's own config (1-channel MR, 2 classes), as the CLI builds it
 NET_DEF = {f"network_def#{k}": v for k, v in TINY_NET.items()}
-OVERRIDES = {"image_channels": 1, "num_classes": 2, "roi_size": ROI, **NET_DEF}
+OVERRIDES = {"image_channels": 1, "num_classes": 2, "roi_size": ROI, "concat_anchor": True, **NET_DEF}
 
 
 @pytest.fixture(scope="module")
 def net() -> MedSegDiffV2:
     torch.manual_seed(0)
-    return MedSegDiffV2(1, 2, **TINY_NET).eval()
+    return MedSegDiffV2(1, 2, **TINY_NET, concat_anchor=True).eval()  # the anchor reaches the denoiser's input too
 
 
 @pytest.fixture(scope="module")

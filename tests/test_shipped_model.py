@@ -93,3 +93,25 @@ def test_metadata_verifies_against_the_model_zoo_schema(bundle_root: Path) -> No
     assert meta["version"] in meta["changelog"]
     outputs = meta["network_data_format"]["outputs"]
     assert next(iter(outputs.values()))["channel_def"] == {"0": "background", "1": "lesion"}  # read by MONAI Label
+
+
+def test_metadata_agrees_with_the_inference_config(bundle_root: Path) -> None:
+    """Size, channels, classes and the sampler that metadata.json describes are those inference.yaml runs."""
+    meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
+    cfg = {k: parser[k] for k in ("roi_size", "image_channels", "num_classes", "sampler", "num_inference_steps")}
+    cfg.update({k: parser[k] for k in ("ensemble_size", "fusion", "prediction_type", "concat_anchor")})
+    fmt = meta["network_data_format"]
+    roi = [cfg["roi_size"], cfg["roi_size"]]
+    assert fmt["inputs"]["image"]["spatial_shape"] == roi and fmt["inputs"]["x"]["spatial_shape"] == roi
+    assert fmt["inputs"]["image"]["num_channels"] == cfg["image_channels"]
+    assert fmt["inputs"]["x"]["num_channels"] == cfg["num_classes"]
+    for out in (fmt["outputs"]["pred"], fmt["post_processed_outputs"]["pred"]):
+        assert out["spatial_shape"] == roi and len(out["channel_def"]) == cfg["num_classes"] + 1
+    source, description = meta["eval_metrics"]["source"], meta["description"]
+    sampler = {"ddpm": "DDPM respaced to", "ddim": "DDIM"}[cfg["sampler"]]
+    assert f"{sampler} {cfg['num_inference_steps']} steps" in source and f"{cfg['ensemble_size']} samples" in source
+    assert cfg["fusion"].upper() in source
+    assert f"prediction_type: {cfg['prediction_type']}" in description
+    assert f"concat_anchor: {str(cfg['concat_anchor']).lower()}" in description

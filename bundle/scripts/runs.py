@@ -52,7 +52,10 @@ def command_for(bundle_root: str | Path, configs: Sequence[str], settings: Mappi
         if key in parser and not _same(value, parser.get_parsed_content(key)):
             args.append(f"--{key} {_display(value, root)}")
     files = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    return " ".join(["python -m monai.bundle run --config_file", shlex.quote(files), *args])
+    quoted = shlex.quote(files)
+    if quoted != files and not any(c in files for c in '"$`\\'):  # a list of configs reads better in double quotes
+        quoted = f'"{files}"'
+    return " ".join(["python -m monai.bundle run --config_file", quoted, *args])
 
 
 class RunSummary:
