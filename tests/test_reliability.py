@@ -110,6 +110,19 @@ def test_overlays_set_only_run_name_not_the_directories(bundle_root: Path) -> No
         assert "run_name" in content and not {"ckpt_dir", "output_dir", "eval_dir"} & set(content), overlay
 
 
+def test_quick_overlay_stops_on_a_wall_clock_budget_with_epochs_as_an_upper_bound(bundle_root: Path) -> None:
+    """The README's first command ends in about 10 minutes on 2 cores: about 8 minutes of training, then caching and
+    the last validation."""
+    quick = yaml.safe_load((bundle_root / "configs" / "quick.yaml").read_text())
+    assert 300 <= quick["time_budget_s"] <= 540
+    assert quick["epochs"] >= quick["val_interval"] and quick["run_name"] == "quick"
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / c) for c in ("train.yaml", "quick.yaml")])
+    assert parser.get_parsed_content("time_budget_s") == quick["time_budget_s"]
+    budget = [h for h in parser["train"]["handlers"] if h["_target_"].endswith("WallClockBudget")]
+    assert [h["seconds"] for h in budget] == ["@time_budget_s"]
+
+
 def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends_with_the_inference_command(
     bundle_root: Path, tmp_path: Path
 ) -> None:
