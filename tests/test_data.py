@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, NibabelReader, list_data_collate
 from PIL import Image
@@ -20,53 +19,16 @@ from PIL import Image
 import scripts.data as data
 from scripts.data import DataValidationError
 
-# The suggested `train#preprocessing` chains (also quoted in the report); `@roi` etc. are config values.
-CHAIN_3D = """
-- {_target_: LoadImaged, keys: [image, label], image_only: true}
-- {_target_: EnsureChannelFirstd, keys: [image, label]}
-- {_target_: Orientationd, keys: [image, label], axcodes: RAS, labels: null}
-- {_target_: scripts.data.NormalizeIntensityByModalityd, keys: image, modality: mr}
-- _target_: Resized
-  keys: [image, label]
-  spatial_size: ["@roi", "@roi", -1]
-  mode: [trilinear, nearest]
-  anti_aliasing: [true, false]
-- _target_: RandCropByPosNegLabeld
-  keys: [image, label]
-  label_key: label
-  spatial_size: ["@roi", "@roi", 1]
-  pos: "@fg_ratio"
-  neg: "$1.0 - @fg_ratio"
-  num_samples: "@num_samples"
-- {_target_: SqueezeDimd, keys: [image, label], dim: -1}
-- {_target_: scripts.data.LabelToOneHotd, keys: label, num_classes: "@num_classes"}
-"""
-CHAIN_2D = """
-- {_target_: LoadImaged, keys: [image, label], image_only: true}
-- {_target_: EnsureChannelFirstd, keys: [image, label]}
-- {_target_: scripts.data.NormalizeIntensityByModalityd, keys: image, modality: rgb}
-- _target_: Resized
-  keys: [image, label]
-  spatial_size: ["@roi", "@roi"]
-  mode: [bilinear, nearest]
-  anti_aliasing: [true, false]
-- {_target_: scripts.data.BinarizeLabeld, keys: label, num_classes: "@num_classes"}
-- {_target_: scripts.data.LabelToOneHotd, keys: label, num_classes: "@num_classes"}
-"""
+CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+VOLUME = ("volume.yaml",)  # the 3D overlay of train.yaml
 
 
-def build_config(dataset_dir: Path, chain: str, **values: Any) -> ConfigParser:
-    config = {
-        "imports": ["$import scripts", "$import scripts.data"],
-        "dataset_dir": str(dataset_dir),
-        "datalist": "$@dataset_dir + '/datalist.json'",
-        **values,
-        "train": {
-            "datalist": "$scripts.data.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)",
-            "preprocessing": {"_target_": "Compose", "transforms": yaml.safe_load(chain)},
-        },
-    }
-    parser = ConfigParser(config)
+def build_config(dataset_dir: Path, overlays: tuple[str, ...] = (), **values: Any) -> ConfigParser:
+    """The bundle's own training config (``train.yaml`` + ``overlays``) on ``dataset_dir`` with ``values``: the
+    tests run the transform chains the configs define."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in ("train.yaml", *overlays)])
+    parser.update({"bundle_root": str(CONFIGS.parent), "dataset_dir": str(dataset_dir), **values})
     parser.parse()
     return parser
 
@@ -341,9 +303,7 @@ def test_binarize_label() -> None:
 
 def test_3d_chain_with_cache_dataset(demo_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     roi, k = 32, 3
-    parser = build_config(
-        demo_data / "hippocampus", CHAIN_3D, roi=roi, fg_ratio=1.0, num_samples=k, num_classes=2, spatial_dims=3
-    )
+    parser = build_config(demo_data / "hippocampus", VOLUME, roi_size=roi, fg_ratio=1.0, slices_per_volume=k)
     reads: list[str] = []
     original = NibabelReader.read
 
@@ -371,12 +331,28 @@ def test_3d_chain_with_cache_dataset(demo_data: Path, monkeypatch: pytest.Monkey
 
 
 def test_2d_chain_on_isic(demo_data: Path) -> None:
-    parser = build_config(demo_data / "isic", CHAIN_2D, roi=64, num_classes=1, spatial_dims=2)
+    parser = build_config(demo_data / "isic", roi_size=64)
     cases = parser.get_parsed_content("train#datalist")
     out = parser.get_parsed_content("train#preprocessing")(cases[0])
     assert out["image"].shape == (3, 64, 64) and out["label"].shape == (1, 64, 64)
     assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
     assert set(out["label"].unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("kind", ["isic", "hippocampus"])
+def test_inference_reads_images_as_training_validates_them(demo_data: Path, kind: str) -> None:
+    """The image half of each data kind's load / normalise / resize chain: inference (``inference.yaml``, + its volume
+    overlay) prepares an image exactly as training validation (``train.yaml``, + ``volume.yaml``) does."""
+    volume = kind == "hippocampus"
+    train = build_config(demo_data / kind, VOLUME if volume else (), roi_size=32)
+    infer = ConfigParser()
+    infer.read_config([str(CONFIGS / c) for c in ("inference.yaml", *(["inference_volume.yaml"] if volume else []))])
+    infer.update({"bundle_root": str(CONFIGS.parent), "roi_size": 32})
+    case = train.get_parsed_content("validate#datalist")[0]
+    expected = train.get_parsed_content("validate#preprocessing")(case)["image"]
+    image = infer.get_parsed_content("preprocessing")({"image": case["image"]})["image"]
+    assert image.shape == expected.shape and image.dtype == expected.dtype == torch.float32
+    assert torch.equal(image.as_tensor(), expected.as_tensor())
 
 
 def test_dicom_series_folder(demo_data: Path, tmp_path: Path) -> None:
@@ -411,7 +387,7 @@ def test_dicom_series_folder(demo_data: Path, tmp_path: Path) -> None:
     cases = validate([{"image": "dicom_148", "label": str(label)}], tmp_path, 2, 3)
     assert cases[0]["image"] == str(series)
     expect_error("dicom_148", "is a 3D volume", [{"image": "dicom_148", "label": str(label)}], tmp_path, 2, 2)
-    parser = build_config(tmp_path, CHAIN_3D, roi=32, fg_ratio=0.5, num_samples=2, num_classes=2, spatial_dims=3)
+    parser = build_config(tmp_path, VOLUME, roi_size=32, fg_ratio=0.5, slices_per_volume=2)
     crops = parser.get_parsed_content("train#preprocessing")(cases[0])
     assert [tuple(c["image"].shape) for c in crops] == [(1, 32, 32)] * 2
     assert [tuple(c["label"].shape) for c in crops] == [(2, 32, 32)] * 2

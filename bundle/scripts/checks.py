@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import BundleError
 from .networks import ANCHOR_MODES, PRESETS, SEMANTIC_MODES
+from .schedulers import SAMPLERS
 
 __all__ = ["RULES", "Rule", "check_roi_size", "check_settings"]
 
@@ -132,7 +133,7 @@ RULES: tuple[Rule, ...] = (
     Rule("time_budget_s", optional(number(0.0))),
     Rule("run_name", lambda v, s: None if isinstance(v, str) and v and "/" not in v else "a name without '/'"),
     # sampling and inference
-    Rule("sampler", one_of("ddpm", "ddim")),
+    Rule("sampler", one_of(*SAMPLERS)),
     Rule("num_inference_steps", integer(1, "num_train_timesteps")),
     Rule("ensemble_size", integer(1)),
     Rule("fusion", one_of("staple", "vote", "mean")),

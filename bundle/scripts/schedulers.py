@@ -1,9 +1,10 @@
-"""DDPM sampling with fewer steps than training, respaced from the training noise schedule (Nichol & Dhariwal 2021)."""
+"""The samplers of inference, evaluation and training-time validation (one definition, named in the configs), and DDPM
+sampling with fewer steps than training, respaced from the training noise schedule (Nichol & Dhariwal 2021)."""
 
 from __future__ import annotations
 
 import torch
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
 
 class RespacedDDPMScheduler(DDPMScheduler):
@@ -48,3 +49,17 @@ class RespacedDDPMScheduler(DDPMScheduler):
         variance = (beta * (1 - abar_prev) / (1 - abar_t)).clamp(min=1e-20)
         noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
         return mean + variance.sqrt() * noise, x0
+
+
+# sampler name (the configs' ``sampler``) -> scheduler class; all use the training's linear beta schedule
+SAMPLERS: dict[str, type[Scheduler]] = {"ddpm": RespacedDDPMScheduler, "ddim": DDIMScheduler}
+
+
+def make_scheduler(sampler: str, num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> Scheduler:
+    """The sampling scheduler ``sampler`` (ddpm: ancestral, respaced; ddim: deterministic) of a model trained with
+    ``num_train_timesteps`` linear-beta steps that predicts ``prediction_type``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler](
+        num_train_timesteps=num_train_timesteps, schedule="linear_beta", prediction_type=prediction_type
+    )
