@@ -18,9 +18,10 @@ import yaml
 from ignite.engine import Engine
 from tiny_config import TINY_NET
 
-from scripts.distribution import VerifiedWeightsLoader, check_cli_overrides, unknown_override_keys, verify_weights
+from scripts.cli import check_cli_overrides, unknown_override_keys
 from scripts.networks import MedSegDiffV2
 from scripts.package import package_bundle
+from scripts.weights import VerifiedWeightsLoader, verify_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
@@ -170,9 +171,9 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     # the weights loader checks large_files.yml; unknown --keys are rejected (both as the YAML lines proposed for
     # inference.yaml), which must let every override of this command through
     checked = {
-        "handlers#0#_target_": "scripts.distribution.VerifiedWeightsLoader",
+        "handlers#0#_target_": "scripts.weights.VerifiedWeightsLoader",
         "handlers#0#large_files": "$@bundle_root + '/large_files.yml'",
-        "+initialize": [{"_target_": "scripts.distribution.check_cli_overrides"}],
+        "+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}],
     }
     (tmp_path / "checked.yaml").write_text(yaml.safe_dump(checked))
     configs = f"['{bundle / 'configs' / 'inference.yaml'}','{tmp_path / 'checked.yaml'}']"
@@ -254,7 +255,7 @@ def test_unknown_override_keys_are_named_with_close_matches(bundle_root: Path, t
         check_cli_overrides([main, "run", "--args_file", str(args_file)])
 
     overlay = tmp_path / "checked.yaml"  # the initialize line proposed for the bundle configs
-    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.distribution.check_cli_overrides"}]}))
+    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}]}))
     configs_arg = f"['configs/inference.yaml','{overlay}']"
     proc = run_cli(["-m", "monai.bundle", "run", "--config_file", configs_arg, "--ensemble_sise", "3"], bundle_root)
     assert proc.returncode != 0

@@ -21,12 +21,13 @@ from PIL import Image
 from tiny_config import TINY_NET
 
 from scripts.checks import RULES, check_roi_size, check_settings
-from scripts.data import DataValidationError, load_datalist, load_images
 from scripts.dicom import check_dicom_series
-from scripts.distribution import verify_weights
-from scripts.errors import BundleError
+from scripts.errors import BundleError, DataValidationError
 from scripts.handlers import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
+from scripts.inputs import load_images
 from scripts.networks import MedSegDiffV2
+from scripts.validation import load_datalist
+from scripts.weights import verify_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -520,7 +521,7 @@ def test_truncated_shipped_weights_are_reported_as_corrupt_with_their_path(
 
 
 def test_truncated_weights_of_a_run_are_reported_as_unloadable(bundle_root: Path, tmp_path: Path) -> None:
-    from scripts.handlers import WeightsLoader
+    from scripts.weights import WeightsLoader
 
     path = tmp_path / "model.pt"
     torch.save({"model": MedSegDiffV2(3, 1, **TINY_NET).state_dict()}, path)

@@ -16,7 +16,7 @@ import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from scripts.distribution import large_file_entry, verify_weights
+from scripts.weights import large_file_entry, verify_weights
 
 
 def test_model_pt_is_a_small_cpu_state_dict_under_key_model(committed_model: Path) -> None:

@@ -2,7 +2,7 @@
 
 MONAI wraps every exception raised while a config is parsed or run in ``RuntimeError: Failed to evaluate
 ConfigExpression`` / ``Failed to instantiate component``, so the bundle's clear message ends up in the middle of a long
-traceback. :func:`install_error_summary` (called by ``scripts.distribution.check_cli_overrides``, the first
+traceback. :func:`install_error_summary` (called by ``scripts.cli.check_cli_overrides``, the first
 ``initialize`` step of every config) adds a hook that, after Python's usual traceback, prints the message of the
 :class:`BundleError` that caused the failure as the final line: ``ERROR: <file or key>: <problem>``.
 """
@@ -12,12 +12,16 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["BundleError", "bundle_error_in", "install_error_summary", "summary_line"]
+__all__ = ["BundleError", "DataValidationError", "bundle_error_in", "install_error_summary", "summary_line"]
 
 
 class BundleError(ValueError):
     """A problem the user can fix (a setting, a file, the data); the message names the file or key and the problem.
     A ``ValueError`` so that callers catching ``ValueError`` keep working."""
+
+
+class DataValidationError(BundleError):
+    """A dataset problem found before training; the message names the file and the problem."""
 
 
 def bundle_error_in(exc: BaseException | None) -> BundleError | None:

@@ -1,5 +1,5 @@
 """Training handlers: atomic checkpoints, resuming a killed run with everything that decides what is written next,
-loading weights with clear errors, a wall-clock budget, and the end-of-run summary."""
+a progress bar with the loss, and a wall-clock budget (loading weights: :mod:`.weights`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
-from monai.handlers import CheckpointLoader, from_engine
+from monai.handlers import from_engine
 
 from .errors import BundleError
 
@@ -259,40 +259,6 @@ class LossProgressBar(ProgressBar):
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # type: ignore[override]
         super().attach(engine, output_transform=lambda output: {"loss": from_engine(["loss"], first=True)(output)})
-
-
-class WeightsLoader(CheckpointLoader):
-    """``CheckpointLoader`` (``weights_only=True``, ``map_location``) with clear errors: a missing file, or weights
-    that do not fit the configured network (naming the missing, unexpected and mismatched keys)."""
-
-    def __call__(self, engine: Engine) -> None:
-        if not Path(self.load_path).is_file():
-            raise BundleError(
-                f"no weights at {self.load_path}: train first (configs/train.yaml) or set --ckpt_path to a checkpoint"
-            )
-        try:
-            super().__call__(engine)
-        except Exception as e:
-            if "state_dict" in str(e):
-                raise BundleError(f"{self.load_path} does not match the configured network: {self._mismatch()}") from e
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            raise BundleError(f"{self.load_path}: cannot be loaded (corrupt or truncated file?): {reason}") from e
-
-    def _mismatch(self) -> str:
-        saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
-        key, module = next(iter(self.load_dict.items()))
-        saved = saved.get(key, saved) if isinstance(saved, Mapping) else saved
-        own = module.state_dict()
-        missing = sorted(set(own) - set(saved))
-        unexpected = sorted(set(saved) - set(own))
-        shapes = [
-            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in saved and saved[k].shape != v.shape
-        ]
-        parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
-        parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
-        return "; ".join(parts) + ". Check preset, image_channels, num_classes, anchor and semantic against training."
 
 
 class WallClockBudget:

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .distribution import verify_weights
+from .weights import verify_weights
 
 logger = logging.getLogger(__name__)
 

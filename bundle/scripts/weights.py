@@ -1,0 +1,114 @@
+"""Loading weights: clear errors for a missing or mismatched file, and the integrity of shipped weights against
+``large_files.yml``.
+
+``large_files.yml`` follows the model-zoo convention: ``large_files: [{path, url, hash_val, hash_type}]`` with paths
+relative to the bundle root; its ``committed_files`` list records, the same way, the hash of each weight file committed
+with the bundle (``models/model.pt``). ``VerifiedWeightsLoader`` checks a listed weight file's hash (MONAI's
+``check_hash``) before loading it, so a truncated or replaced file is reported as corrupt, with its path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from monai.apps.utils import check_hash
+from monai.bundle import ConfigParser
+from monai.handlers import CheckpointLoader
+
+from .errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+# the lists of large_files.yml that hold weight files with their hash
+WEIGHT_LISTS = ("large_files", "committed_files")
+
+
+class WeightsLoader(CheckpointLoader):
+    """``CheckpointLoader`` (``weights_only=True``, ``map_location``) with clear errors: a missing file, or weights
+    that do not fit the configured network (naming the missing, unexpected and mismatched keys)."""
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise BundleError(
+                f"no weights at {self.load_path}: train first (configs/train.yaml) or set --ckpt_path to a checkpoint"
+            )
+        try:
+            super().__call__(engine)
+        except Exception as e:
+            if "state_dict" in str(e):
+                raise BundleError(f"{self.load_path} does not match the configured network: {self._mismatch()}") from e
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            raise BundleError(f"{self.load_path}: cannot be loaded (corrupt or truncated file?): {reason}") from e
+
+    def _mismatch(self) -> str:
+        saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
+        key, module = next(iter(self.load_dict.items()))
+        saved = saved.get(key, saved) if isinstance(saved, Mapping) else saved
+        own = module.state_dict()
+        missing = sorted(set(own) - set(saved))
+        unexpected = sorted(set(saved) - set(own))
+        shapes = [
+            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in saved and saved[k].shape != v.shape
+        ]
+        parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
+        parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
+        return "; ".join(parts) + ". Check preset, image_channels, num_classes, anchor and semantic against training."
+
+
+def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> dict | None:
+    """The entry of ``large_files`` (yml/yaml/json; its ``large_files`` or ``committed_files`` list) whose ``path``
+    (relative to ``bundle_root``, by default the folder of ``large_files``) is ``path``; ``None`` when the list file
+    does not exist or does not list ``path``."""
+    large_files = Path(large_files)
+    if not large_files.is_file():
+        return None
+    root = Path(bundle_root) if bundle_root is not None else large_files.parent
+    target = Path(path).resolve()
+    content = ConfigParser.load_config_file(large_files)
+    for entry in (e for name in WEIGHT_LISTS for e in content.get(name) or []):
+        if (root / entry["path"]).resolve() == target:
+            return entry
+    return None
+
+
+def verify_weights(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> bool:
+    """Checks the hash of ``path`` against its ``large_files`` entry. Returns whether it was checked (``False``: not
+    listed, or listed without ``hash_val``); raises ``ValueError`` naming the file and both hashes on a mismatch."""
+    entry = large_file_entry(path, large_files, bundle_root)
+    if entry is None:
+        return False
+    expected, hash_type = entry.get("hash_val"), entry.get("hash_type", "sha256")
+    if not expected:
+        logger.warning(f"{large_files} lists {entry['path']} without hash_val: its integrity is not checked.")
+        return False
+    if not check_hash(path, str(expected).lower(), hash_type):
+        with open(path, "rb") as f:  # the actual digest, for the message (check_hash only logs it)
+            actual = hashlib.file_digest(f, hash_type.lower()).hexdigest()
+        raise BundleError(
+            f"{path} is not the file listed in {large_files}: corrupt, truncated or replaced (expected {hash_type} "
+            f"{expected}, got {actual}). Restore it ({entry.get('url') or 'git checkout -- ' + str(entry['path'])}); "
+            "to ship new weights on purpose, record their hash there; to use your own, pass --ckpt_path <file>."
+        )
+    logger.info(f"{path}: {hash_type} verified against {large_files}")
+    return True
+
+
+class VerifiedWeightsLoader(WeightsLoader):
+    """``WeightsLoader`` that first checks the file's hash when ``large_files`` lists it (see ``verify_weights``)."""
+
+    def __init__(self, *args: Any, large_files: str | None = None, bundle_root: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.large_files, self.bundle_root = large_files, bundle_root
+
+    def __call__(self, engine: Engine) -> None:
+        if self.large_files is not None and Path(self.load_path).is_file():
+            verify_weights(self.load_path, self.large_files, self.bundle_root)
+        super().__call__(engine)
