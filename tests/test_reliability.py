@@ -20,10 +20,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 from tiny_config import TINY_NET
 
+from scripts.checkpoints import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
 from scripts.checks import RULES, check_roi_size, check_settings
 from scripts.dicom import check_dicom_series
 from scripts.errors import BundleError, DataValidationError
-from scripts.handlers import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
 from scripts.inputs import load_images
 from scripts.networks import MedSegDiffV2
 from scripts.validation import load_datalist

@@ -12,7 +12,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from tiny_config import TINY_NET
 
-from scripts.handlers import AtomicCheckpointSaver, latest_checkpoint
+from scripts.checkpoints import AtomicCheckpointSaver, latest_checkpoint
 
 TINY = {
     "roi_size": 32,

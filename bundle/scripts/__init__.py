@@ -2,6 +2,7 @@
 
 from . import (
     baseline,
+    checkpoints,
     checks,
     cli,
     data,
@@ -26,6 +27,7 @@ from . import (
 
 __all__ = [
     "baseline",
+    "checkpoints",
     "checks",
     "cli",
     "data",

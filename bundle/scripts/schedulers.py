@@ -19,11 +19,12 @@ class RespacedDDPMScheduler(DDPMScheduler):
         super().set_timesteps(num_inference_steps, device)
         self.timesteps = torch.unique(self.timesteps).flip(0)  # descending, no duplicates after rounding
         steps = self.timesteps.cpu()
-        self._prev = {int(t): int(p) for t, p in zip(steps[:-1], steps[1:], strict=True)}
+        self.previous_timesteps = {int(t): int(p) for t, p in zip(steps[:-1], steps[1:], strict=True)}
 
     def previous_timestep(self, timestep: int) -> int:
         """The kept timestep after ``timestep`` (-1 after the last one)."""
-        return getattr(self, "_prev", {}).get(int(timestep), int(timestep) - 1 if int(timestep) > 0 else -1)
+        t = int(timestep)
+        return getattr(self, "previous_timesteps", {}).get(t, t - 1 if t > 0 else -1)
 
     def step(
         self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, generator: torch.Generator | None = None

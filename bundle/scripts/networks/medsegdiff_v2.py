@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,32 +17,44 @@ ANCHOR_MODES = ("none", "sa", "usa")
 SEMANTIC_MODES = ("none", "ssformer", "ssformer_nbp")
 GATE_MODES = ("single", "per_class")
 
-PRESETS: dict[str, dict] = {
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes of a MedSegDiffV2: a preset, or explicit values (any of them override the preset's)."""
+
+    channels: tuple[int, ...]  # denoiser UNet channels per level
+    cond_channels: tuple[int, ...]  # Condition Model channels per level (same number of levels)
+    num_res_blocks: int
+    former_dim: int  # SS-Former width, depth and heads
+    former_depth: int
+    former_heads: int
+    patch_size: int
+    filter_width: int  # NBP-Filter width and blocks
+    filter_blocks: int
+
+
+PRESETS: dict[str, Architecture] = {
     # 256x256 as in the paper: 46,880,035 parameters with 3 image channels and 1 class (Table 5 reports 46 M)
-    "paper": {
-        "channels": (64, 128, 192, 256, 256),
-        "cond_channels": (32, 64, 128, 256, 256),
-        "num_res_blocks": 2,
-        "former_dim": 256,
-        "former_depth": 4,
-        "former_heads": 8,
-        "patch_size": 1,
-        "filter_width": 16,
-        "filter_blocks": 6,
-    },
+    "paper": Architecture((64, 128, 192, 256, 256), (32, 64, 128, 256, 256), 2, 256, 4, 8, 1, 16, 6),
     # trains on a 2-core CPU at 64-128 px
-    "small": {
-        "channels": (16, 32, 64, 128),
-        "cond_channels": (16, 32, 64, 128),
-        "num_res_blocks": 1,
-        "former_dim": 64,
-        "former_depth": 4,
-        "former_heads": 4,
-        "patch_size": 1,
-        "filter_width": 8,
-        "filter_blocks": 6,
-    },
+    "small": Architecture((16, 32, 64, 128), (16, 32, 64, 128), 1, 64, 4, 4, 1, 8, 6),
 }
+
+
+def architecture(preset: str | None, **sizes: Any) -> Architecture:
+    """The preset's sizes with ``sizes`` (the :class:`Architecture` fields; ``None`` values ignored) overriding them."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None.")
+    names = [f.name for f in fields(Architecture)]
+    unknown = sorted(set(sizes) - set(names))
+    if unknown:
+        raise TypeError(f"MedSegDiffV2 got unknown arguments {unknown}; the sizes are {names}.")
+    given = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in sizes.items() if v is not None}
+    if preset is not None:
+        return replace(PRESETS[preset], **given)
+    missing = [k for k in names if k not in given]
+    if missing:
+        raise ValueError(f"Without a preset these arguments are required: {missing}.")
+    return Architecture(**given)
 
 
 class MedSegDiffV2(nn.Module):
@@ -50,7 +63,8 @@ class MedSegDiffV2(nn.Module):
     Args:
         in_channels: image channels (1 for CT/MR, 3 for RGB).
         out_channels: mask channels, one per foreground class (one-hot; 1 for a binary task).
-        preset: ``"paper"`` or ``"small"``; explicit keyword arguments override the preset's values.
+        preset: ``"paper"`` or ``"small"`` (:data:`PRESETS`), or ``None`` with every size given.
+        sizes: :class:`Architecture` fields (``channels``, ``former_dim``, ...) that override the preset's.
         anchor: Anchor Condition, ``"none"`` | ``"sa"`` | ``"usa"`` (Table 4).
         semantic: Semantic Condition, ``"none"`` | ``"ssformer"`` (without filter) | ``"ssformer_nbp"`` (Table 4).
         gradient_checkpointing: recompute the UNets' residual blocks in backward (less training memory, ~30% slower).
@@ -70,60 +84,36 @@ class MedSegDiffV2(nn.Module):
         preset: str | None = "paper",
         anchor: str = "usa",
         semantic: str = "ssformer_nbp",
-        channels: Sequence[int] | None = None,
-        cond_channels: Sequence[int] | None = None,
-        num_res_blocks: int | None = None,
-        former_dim: int | None = None,
-        former_depth: int | None = None,
-        former_heads: int | None = None,
-        patch_size: int | None = None,
-        filter_width: int | None = None,
-        filter_blocks: int | None = None,
         dropout: float = 0.0,
         gradient_checkpointing: bool = False,
         filter_checkpointing: bool = False,
         anchor_gates: str = "single",
         anchor_residual: bool = False,
         concat_anchor: bool = False,
+        **sizes: Any,
     ) -> None:
         super().__init__()
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)} or None.")
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"Unknown anchor condition {anchor!r}; choose one of {ANCHOR_MODES}.")
         if anchor_gates not in GATE_MODES:
             raise ValueError(f"Unknown anchor_gates {anchor_gates!r}; choose one of {GATE_MODES}.")
         if semantic not in SEMANTIC_MODES:
             raise ValueError(f"Unknown semantic condition {semantic!r}; choose one of {SEMANTIC_MODES}.")
-        given = {
-            "channels": channels,
-            "cond_channels": cond_channels,
-            "num_res_blocks": num_res_blocks,
-            "former_dim": former_dim,
-            "former_depth": former_depth,
-            "former_heads": former_heads,
-            "patch_size": patch_size,
-            "filter_width": filter_width,
-            "filter_blocks": filter_blocks,
-        }
-        cfg = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in given.items() if v is not None}}
-        missing = [k for k, v in given.items() if k not in cfg]
-        if missing:
-            raise ValueError(f"Without a preset these arguments are required: {missing}.")
-        if len(cfg["channels"]) != len(cfg["cond_channels"]):
+        cfg = architecture(preset, **sizes)
+        if len(cfg.channels) != len(cfg.cond_channels):
             raise ValueError("channels and cond_channels need the same number of levels (same total stride).")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.anchor_mode, self.semantic_mode = anchor, semantic
-        ch = tuple(cfg["channels"])
+        ch = tuple(cfg.channels)
         emb_dim = 4 * ch[0]
 
         self.condition_model = ConditionModel(
-            in_channels, out_channels, cfg["cond_channels"], cfg["num_res_blocks"], dropout, gradient_checkpointing
+            in_channels, out_channels, cfg.cond_channels, cfg.num_res_blocks, dropout, gradient_checkpointing
         )
         self.time_embed = TimestepEmbedding(ch[0], emb_dim)
         self.concat_anchor = concat_anchor
         self.stem = nn.Conv2d(out_channels * (2 if concat_anchor else 1), ch[0], 3, padding=1)
-        anchor_ch = cfg["cond_channels"][0]
+        anchor_ch = cfg.cond_channels[0]
         anchor_cls = {"none": None, "sa": SpatialAttention, "usa": USA}[anchor]
         gates = out_channels if anchor_gates == "per_class" else 1
         if ch[0] % gates:
@@ -133,26 +123,26 @@ class MedSegDiffV2(nn.Module):
             if anchor_cls
             else None
         )
-        self.trunk = UNetTrunk(ch, cfg["num_res_blocks"], emb_dim, dropout, gradient_checkpointing)
+        self.trunk = UNetTrunk(ch, cfg.num_res_blocks, emb_dim, dropout, gradient_checkpointing)
         self.semantic_condition = (
             SSFormer(
-                cond_channels=cfg["cond_channels"][-1],
+                cond_channels=cfg.cond_channels[-1],
                 noise_channels=ch[-1],
                 emb_dim=emb_dim,
-                dim=cfg["former_dim"],
-                depth=cfg["former_depth"],
-                heads=cfg["former_heads"],
-                patch_size=cfg["patch_size"],
+                dim=cfg.former_dim,
+                depth=cfg.former_depth,
+                heads=cfg.former_heads,
+                patch_size=cfg.patch_size,
                 use_filter=semantic == "ssformer_nbp",
-                filter_width=cfg["filter_width"],
-                filter_blocks=cfg["filter_blocks"],
+                filter_width=cfg.filter_width,
+                filter_blocks=cfg.filter_blocks,
                 filter_checkpointing=filter_checkpointing,
             )
             if semantic != "none"
             else None
         )
         self.out = nn.Sequential(norm(ch[0]), nn.SiLU(), nn.Conv2d(ch[0], out_channels, 3, padding=1))
-        self.size_divisor = self.trunk.stride * (cfg["patch_size"] if semantic != "none" else 1)
+        self.size_divisor = self.trunk.stride * (cfg.patch_size if semantic != "none" else 1)
 
     # -- input checks -------------------------------------------------------------------------------------------
     def _check(self, t: torch.Tensor, channels: int, what: str) -> None:
