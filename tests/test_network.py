@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.losses import DiceLoss
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from tiny_config import TINY_NET
 
 from scripts.networks import PRESETS, FourierCrossAttention, MedSegDiffV2, NBPFilter
+from scripts.networks.medsegdiff_v2 import architecture
 
 TINY = TINY_NET
 
@@ -145,6 +150,28 @@ def test_clear_errors_for_bad_inputs() -> None:
         net(torch.randn(4, 1, 32, 32), 1, condition=net.condition(torch.randn(2, 1, 32, 32)))
     with pytest.raises(ValueError, match="Unknown preset"):
         MedSegDiffV2(1, 1, preset="huge")
+    with pytest.raises(TypeError, match=r"unknown arguments \['channel'\]"):
+        MedSegDiffV2(1, 1, preset="small", channel=(8, 16))
+    with pytest.raises(ValueError, match="Without a preset these arguments are required"):
+        MedSegDiffV2(1, 1, preset=None, channels=(8, 16))
+
+
+def test_preset_sizes_are_data_and_explicit_sizes_override_them() -> None:
+    small = MedSegDiffV2(3, 1, preset="small", former_dim=32)
+    assert small.semantic_condition is not None
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in MedSegDiffV2(3, 1, "small").parameters())
+    assert architecture("small", former_dim=32) == replace(PRESETS["small"], former_dim=32)
+    sizes = {k: v for k, v in TINY_NET.items() if k != "preset"}
+    assert architecture(None, **sizes).channels == tuple(TINY_NET["channels"])  # lists from a config become tuples
+
+
+def test_timestep_embedding_is_ddpm_sinusoids_also_for_fractional_timesteps() -> None:
+    """MONAI's get_timestep_embedding, as the network uses it: cos | sin of t * 10000^(-i / half), zero-padded."""
+    t = torch.tensor([0.0, 1.5, 999.0])
+    emb = get_timestep_embedding(t, 7)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(3, dtype=torch.float32) / 3)
+    args = t[:, None] * freqs[None]
+    assert torch.equal(emb, torch.cat([args.cos(), args.sin(), torch.zeros(3, 1)], dim=-1))
 
 
 def test_fourier_affinity_without_filter_is_the_spatial_affinity() -> None:

@@ -70,6 +70,7 @@ def split_cases(cases: Sequence[Any], val_fraction: float = 0.2, seed: int = 0) 
     """Deterministic train/validation split: shuffle indices with ``random.Random(seed)``, the first
     ``round(val_fraction * n)`` (at least 1 and at most n - 1 when ``val_fraction > 0``) go to validation.
     Both parts keep the input order."""
+    # not monai.data.partition_dataset: its shuffle and rounding give other splits than the recorded docs/splits
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n = len(cases)
@@ -100,6 +101,8 @@ def read_sections(
             path = dataset_dir / path
         if not path.is_file():
             raise DataValidationError(f"{path}: datalist file not found")
+        # not load_decathlon_datalist: its bare ValueError names neither the sections there are nor a bad case's file;
+        # the sections are checked below and their paths resolved with every other source's, by the validation
         try:
             datalist = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

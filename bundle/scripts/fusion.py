@@ -73,6 +73,7 @@ def _mode(label_maps: np.ndarray) -> np.ndarray:
 
 def vote(samples: np.ndarray) -> np.ndarray:
     """Per-class majority vote of (N, K, *spatial) binary samples -> (K, *spatial) {0,1} (ties count as foreground)."""
+    # not VoteEnsemble: it rounds the mean half to even, so a tie (5 of 10 members) would count as background
     return (samples.mean(0) >= 0.5).astype(np.uint8)
 
 
@@ -99,6 +100,7 @@ def fuse(samples: np.ndarray, method: str = "staple", max_iterations: int = STAP
         raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
     k = samples.shape[1]
     if method == "mean":  # soft voting: the class (background included) with the highest mean frequency
+        # not MeanEnsemble: it averages the foreground channels only; the background's 1 - max decides here
         freq = samples.mean(0)
         return np.concatenate([1 - freq.max(0, keepdims=True), freq]).argmax(0).astype(np.uint8)
     if method == "vote":

@@ -24,6 +24,8 @@ from .fusion import STAPLE_MAX_ITERATIONS, fuse
 
 def overlap_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice and IoU of binary masks ``a``, ``b`` (..., *spatial) over the last ``spatial`` dims given as (..., P)."""
+    # not compute_dice / compute_iou (same empty rule): they need equal (B, C, ...) shapes, not broadcast pairs, and
+    # compute_dice loops over cases and classes in Python, too slow for GED's N^2 sample pairs
     a, b = a.flatten(-1).bool(), b.flatten(-1).bool()
     inter = (a & b).sum(-1).double()
     sa, sb = a.sum(-1).double(), b.sum(-1).double()
@@ -69,7 +71,8 @@ def dice_confidence_interval(dice: torch.Tensor, level: float = 0.95) -> tuple[t
     if n < 2:
         raise ValueError(f"a confidence interval needs at least 2 samples, got {n}")
     mean, sd = dice.mean(0), dice.std(0, unbiased=True)
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    # scipy's interval of the standard t, scaled here: scipy gives NaN for scale 0 (samples that all agree), not width 0
+    half = float(stats.t.interval(level, n - 1)[1]) * sd / math.sqrt(n)
     return mean - half, mean + half
 
 

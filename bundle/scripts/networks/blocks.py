@@ -5,22 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in DDPM (Ho et al. 2020)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half)
-    args = timesteps.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
-
-
 class TimestepEmbedding(nn.Module):
-    """Sinusoidal features followed by a two-layer MLP, shared by the decoder, SS-Former and NBP-Filters."""
+    """Sinusoidal features (MONAI's ``get_timestep_embedding``, DDPM's) followed by a two-layer MLP, shared by the
+    decoder, SS-Former and NBP-Filters."""
 
     def __init__(self, base_dim: int, emb_dim: int) -> None:
         super().__init__()
@@ -28,7 +19,7 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(timesteps, self.base_dim))
+        return self.mlp(get_timestep_embedding(timesteps, self.base_dim))
 
 
 def norm(channels: int) -> nn.GroupNorm:
