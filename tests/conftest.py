@@ -1,12 +1,18 @@
-"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does) and the embedded data."""
+"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does), the embedded data, and the bundle's
+workflows built from its configs as `monai.bundle run` builds them."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from tiny_config import TINY_TRAINING
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -38,3 +44,58 @@ def committed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("committed") / "model.pt"
     path.write_bytes(blob)
     return path
+
+
+@pytest.fixture
+def bundle_workflow() -> Callable[..., ConfigWorkflow]:
+    """Builds and initialises a ``ConfigWorkflow`` from configs named relative to ``configs/`` (merged left to right)
+    with ``overrides``, the bundle root set as in a ``monai.bundle run`` from it."""
+
+    def build(
+        *configs: str, workflow_type: str = "train", meta_file: str | None = None, **overrides: Any
+    ) -> ConfigWorkflow:
+        wf = ConfigWorkflow(
+            config_file=[str(BUNDLE / "configs" / c) for c in configs],
+            workflow_type=workflow_type,
+            meta_file=meta_file,
+            logging_file=None,
+            **{"bundle_root": str(BUNDLE), **overrides},
+        )
+        wf.initialize()
+        return wf
+
+    return build
+
+
+@pytest.fixture
+def train_workflow(bundle_workflow: Callable[..., ConfigWorkflow]) -> Callable[..., ConfigWorkflow]:
+    """``train.yaml`` + ``overlays`` with the tiny network and one short epoch (``TINY_TRAINING``), writing its
+    checkpoints into ``tmp/models`` and its logs into ``tmp/logs``."""
+
+    def build(tmp: Path, *overlays: str, **overrides: Any) -> ConfigWorkflow:
+        dirs = {"ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "logs")}
+        return bundle_workflow("train.yaml", *overlays, **{**dirs, **TINY_TRAINING, **overrides})
+
+    return build
+
+
+@pytest.fixture
+def run_recording() -> Callable[[ConfigWorkflow], dict]:
+    """Runs a training workflow and returns its per-iteration losses, the epochs started, the trainer's last epoch
+    and the validation Dice."""
+
+    def run(wf: ConfigWorkflow) -> dict:
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        record: dict = {"losses": [], "epochs": []}
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: record["losses"].append(e.state.output[0]["loss"])
+        )
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: record["epochs"].append(e.state.epoch))
+        wf.run()
+        evaluator = wf.parser.get_parsed_content("validate#evaluator")
+        record["dice"] = evaluator.state.metrics.get("val_mean_dice")
+        record["trainer_epoch"] = trainer.state.epoch
+        wf.finalize()
+        return record
+
+    return run

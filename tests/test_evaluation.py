@@ -4,16 +4,16 @@ end on a tiny config, the supervised baseline and the ablation overlays, and the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import DiceMetric, MeanIoU
 from monai.networks.nets import UNet
 from PIL import Image
-from test_training import run_recording, workflow
 
 from scripts.metrics import (
     DiceConfidenceIntervalMetric,
@@ -135,13 +135,11 @@ def test_diversity_metrics_on_sample_label_maps_per_class() -> None:
 EVAL = {"num_inference_steps": 2, "ensemble_size": 3, "sampler": "ddim", "grid_cases": 2}
 
 
-def _trained(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> None:
-    run_recording(workflow(bundle_root, tmp, "quick.yaml", *overlays, **overrides))
-
-
-def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(bundle_root: Path, tmp_path: Path) -> None:
-    _trained(bundle_root, tmp_path)
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
+def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(
+    train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
+) -> None:
+    run_recording(train_workflow(tmp_path, "quick.yaml"))
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     wf.finalize()
@@ -159,11 +157,11 @@ def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(bundle_root: Path, 
     assert grid.shape[:2] == (2 * (32 + 2), 4 * 32) and grid.std() > 0  # 2 rows of 4 tiles at roi_size 32
 
 
-def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(bundle_root: Path, tmp_path: Path) -> None:
-    _trained(bundle_root, tmp_path, "volume.yaml", batch_size=2, slices_per_volume=2)
-    wf = workflow(
-        bundle_root, tmp_path, "quick.yaml", "volume.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL
-    )
+def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(
+    train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
+) -> None:
+    run_recording(train_workflow(tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2))
+    wf = train_workflow(tmp_path, "quick.yaml", "volume.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
     wf.run()
     details = wf.parser.get_parsed_content("validate#evaluator").state.metric_details
     wf.finalize()
@@ -172,19 +170,22 @@ def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(bundle_root: Pa
     assert (tmp_path / "eval" / "overlay_grid.png").is_file()
 
 
-def test_baseline_overlay_trains_one_tiny_epoch_and_evaluates(bundle_root: Path, tmp_path: Path) -> None:
+def test_baseline_overlay_trains_one_tiny_epoch_and_evaluates(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    bundle_root: Path,
+    tmp_path: Path,
+) -> None:
     parser = ConfigParser()
     parser.read_config([str(bundle_root / "configs" / f) for f in ("train.yaml", "volume.yaml", "baseline.yaml")])
     unet = parser.get_parsed_content("network_def")
     assert isinstance(unet, UNet) and unet(torch.zeros(1, 1, 64, 64)).shape == (1, 2, 64, 64)  # volume: 1 -> 2 ch
     tiny_unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8]}
     small = {"network_def": {**tiny_unet, "strides": [2]}}
-    rec = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", "baseline.yaml", **small))
+    rec = run_recording(train_workflow(tmp_path, "quick.yaml", "baseline.yaml", **small))
     assert len(rec["losses"]) == 4 and 0 <= rec["dice"] <= 1
     assert (tmp_path / "models" / "model.pt").is_file()
-    wf = workflow(
-        bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", eval_dir=str(tmp_path / "e"), **small
-    )
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", eval_dir=str(tmp_path / "e"), **small)
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     wf.finalize()
@@ -196,8 +197,15 @@ ROWS = [("backbone", "none", "none"), ("usa_ssformer", "usa", "ssformer")]
 
 
 @pytest.mark.parametrize(("row", "anchor", "semantic"), ROWS)
-def test_ablation_overlays_set_the_table4_components(bundle_root: Path, tmp_path: Path, row, anchor, semantic) -> None:
-    wf = workflow(bundle_root, tmp_path, f"ablation/{row}.yaml", "quick.yaml")
+def test_ablation_overlays_set_the_table4_components(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+    row,
+    anchor,
+    semantic,
+) -> None:
+    wf = train_workflow(tmp_path, f"ablation/{row}.yaml", "quick.yaml")
     net = wf.parser.get_parsed_content("network_def")
     assert net.anchor_mode == anchor and (net.anchor_condition is None) == (anchor == "none")
     assert net.semantic_mode == semantic and (net.semantic_condition is None) == (semantic == "none")
@@ -207,8 +215,10 @@ def test_ablation_overlays_set_the_table4_components(bundle_root: Path, tmp_path
     assert all(np.isfinite(rec["losses"]))
 
 
-def test_time_budget_stops_training_after_a_final_validation(bundle_root: Path, tmp_path: Path) -> None:
-    rec = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", epochs=50, val_interval=100, time_budget_s=0))
+def test_time_budget_stops_training_after_a_final_validation(
+    train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
+) -> None:
+    rec = run_recording(train_workflow(tmp_path, "quick.yaml", epochs=50, val_interval=100, time_budget_s=0))
     assert rec["trainer_epoch"] == 1 and rec["dice"] is not None  # stopped after epoch 1, validated once
     assert (tmp_path / "models" / "model.pt").is_file()
 

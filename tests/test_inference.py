@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -35,17 +36,17 @@ def save_weights(path: Path, in_ch: int, out_ch: int) -> Path:
     return path
 
 
-def run_inference(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
-    configs = [str(bundle_root / "configs" / "inference.yaml")] + [str(bundle_root / "configs" / o) for o in overlays]
+def run_inference(build: Callable[..., ConfigWorkflow], tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
+    """Runs ``inference.yaml`` + ``overlays`` (built by the ``bundle_workflow`` fixture) with the tiny network."""
     net = {f"network_def#{k}": v for k, v in NET.items()}
-    wf = ConfigWorkflow(
-        config_file=configs,
+    meta = str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / "metadata.json")
+    wf = build(
+        "inference.yaml",
+        *overlays,
         workflow_type="infer",
-        meta_file=str(bundle_root / "configs" / "metadata.json"),
-        logging_file=None,
-        **{"bundle_root": str(bundle_root), "output_dir": str(tmp / "out"), **FAST, **net, **overrides},
+        meta_file=meta,
+        **{"output_dir": str(tmp / "out"), **FAST, **net, **overrides},
     )
-    wf.initialize()
     wf.run()
     wf.finalize()
     return wf
@@ -172,21 +173,23 @@ def test_fusion_transform_outputs_labels_and_uncertainty() -> None:
 
 
 # -- whole workflow ----------------------------------------------------------------------------------------------------
-def test_2d_inference_writes_masks_of_the_input_size(bundle_root: Path, tmp_path: Path) -> None:
+def test_2d_inference_writes_masks_of_the_input_size(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path
+) -> None:
     src = bundle_root / "data" / "demo" / "isic" / "images"
     inputs = tmp_path / "in"
     inputs.mkdir()
     for p in sorted(src.glob("*.jpg"))[:2]:
         shutil.copy(p, inputs / p.name)
     ckpt = save_weights(tmp_path / "model.pt", 3, 1)
-    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+    run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
     for p in inputs.iterdir():
         seg = np.asarray(Image.open(tmp_path / "out" / f"{p.stem}_seg.png"))
         assert seg.shape == np.asarray(Image.open(p)).shape[:2] and set(np.unique(seg)) <= {0, 255}
         unc = np.asarray(Image.open(tmp_path / "out" / f"{p.stem}_uncertainty.png"))
         assert unc.shape == seg.shape
     first = (tmp_path / "out" / f"{sorted(inputs.iterdir())[0].stem}_seg.png").read_bytes()
-    run_inference(bundle_root, tmp_path / "again", input=str(inputs), ckpt_path=str(ckpt))
+    run_inference(bundle_workflow, tmp_path / "again", input=str(inputs), ckpt_path=str(ckpt))
     assert (tmp_path / "again" / "out" / f"{sorted(inputs.iterdir())[0].stem}_seg.png").read_bytes() == first
 
 
@@ -201,11 +204,13 @@ def _non_ras_volume(bundle_root: Path, path: Path) -> nib.Nifti1Image:
     return img
 
 
-def test_3d_inference_keeps_shape_spacing_affine_and_orientation(bundle_root: Path, tmp_path: Path) -> None:
+def test_3d_inference_keeps_shape_spacing_affine_and_orientation(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path
+) -> None:
     vol = _non_ras_volume(bundle_root, tmp_path / "case.nii.gz")
     ckpt = save_weights(tmp_path / "model.pt", 1, 2)
     run_inference(
-        bundle_root, tmp_path, "inference_volume.yaml", input=str(tmp_path / "case.nii.gz"), ckpt_path=str(ckpt)
+        bundle_workflow, tmp_path, "inference_volume.yaml", input=str(tmp_path / "case.nii.gz"), ckpt_path=str(ckpt)
     )
     seg = nib.load(tmp_path / "out" / "case_seg.nii.gz")
     unc = nib.load(tmp_path / "out" / "case_uncertainty.nii.gz")
@@ -219,7 +224,9 @@ def test_3d_inference_keeps_shape_spacing_affine_and_orientation(bundle_root: Pa
     assert u.min() >= 0 and u.max() <= 1
 
 
-def test_dicom_series_in_gives_nifti_out(bundle_root: Path, tmp_path: Path) -> None:
+def test_dicom_series_in_gives_nifti_out(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path
+) -> None:
     src = sitk.ReadImage(str(sorted((bundle_root / "data" / "demo" / "hippocampus" / "imagesTr").glob("*.nii.gz"))[1]))
     src = sitk.Cast(src[:, :, :8], sitk.sitkInt16)
     series = tmp_path / "series"
@@ -240,13 +247,15 @@ def test_dicom_series_in_gives_nifti_out(bundle_root: Path, tmp_path: Path) -> N
         writer.SetFileName(str(series / f"{z:03d}.dcm"))
         writer.Execute(sl)
     ckpt = save_weights(tmp_path / "model.pt", 1, 2)
-    run_inference(bundle_root, tmp_path, "inference_volume.yaml", input=str(series), ckpt_path=str(ckpt))
+    run_inference(bundle_workflow, tmp_path, "inference_volume.yaml", input=str(series), ckpt_path=str(ckpt))
     outs = list((tmp_path / "out").glob("*_seg.nii.gz"))
     assert len(outs) == 1
     assert nib.load(outs[0]).shape == tuple(src.GetSize())
 
 
-def test_batch_run_skips_and_reports_bad_cases(bundle_root: Path, tmp_path: Path, capfd) -> None:
+def test_batch_run_skips_and_reports_bad_cases(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, capfd
+) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
@@ -257,7 +266,7 @@ def test_batch_run_skips_and_reports_bad_cases(bundle_root: Path, tmp_path: Path
     vol = np.zeros((16, 16, 4), np.float32)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), inputs / "volume.nii.gz")
     ckpt = save_weights(tmp_path / "model.pt", 3, 1)
-    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+    run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
     assert (tmp_path / "out" / f"{good.stem}_seg.png").is_file()
     assert len(list((tmp_path / "out").glob("*_seg.png"))) == 1
     log = "".join(capfd.readouterr())
@@ -266,14 +275,16 @@ def test_batch_run_skips_and_reports_bad_cases(bundle_root: Path, tmp_path: Path
     assert "nan.nii.gz: image contains NaN or infinite intensities" in log
 
 
-def test_weights_that_do_not_fit_the_network_name_the_keys(bundle_root: Path, tmp_path: Path) -> None:
+def test_weights_that_do_not_fit_the_network_name_the_keys(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path
+) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
     shutil.copy(good, inputs / good.name)
     ckpt = save_weights(tmp_path / "model.pt", 3, 2)  # trained for 2 classes, configured for 1
     with pytest.raises(RuntimeError) as err:
-        run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
+        run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(ckpt))
     messages = []
     e: BaseException | None = err.value
     while e is not None:
@@ -283,7 +294,7 @@ def test_weights_that_do_not_fit_the_network_name_the_keys(bundle_root: Path, tm
     assert "does not match the configured network" in text and "shape mismatches" in text
     assert "condition_model.head.2.weight" in text
     with pytest.raises(RuntimeError) as err:
-        run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(tmp_path / "nope.pt"))
+        run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(tmp_path / "nope.pt"))
     assert "no weights at" in str(err.value.__cause__ or err.value) + repr(err.value)
 
 
@@ -303,7 +314,9 @@ def _as_if_saved_on_cuda(src: Path, dst: Path) -> None:
             zout.writestr(item, data)
 
 
-def test_cuda_saved_weights_load_on_a_cpu_machine(bundle_root: Path, tmp_path: Path) -> None:
+def test_cuda_saved_weights_load_on_a_cpu_machine(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path
+) -> None:
     cpu = save_weights(tmp_path / "cpu.pt", 3, 1)
     cuda = tmp_path / "cuda.pt"
     _as_if_saved_on_cuda(cpu, cuda)
@@ -314,5 +327,5 @@ def test_cuda_saved_weights_load_on_a_cpu_machine(bundle_root: Path, tmp_path: P
     inputs.mkdir()
     good = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
     shutil.copy(good, inputs / good.name)
-    run_inference(bundle_root, tmp_path, input=str(inputs), ckpt_path=str(cuda))
+    run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(cuda))
     assert (tmp_path / "out" / f"{good.stem}_seg.png").is_file()

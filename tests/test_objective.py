@@ -4,6 +4,7 @@ NBP-Filters, anchor-initialised sampling, the image-reliance metric, and the new
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,15 +259,12 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
     assert math.isclose(1 / m(1000), 100, rel_tol=1e-6)
 
 
-def test_new_keys_run_through_monai_bundle(bundle_root: Path, tmp_path: Path) -> None:
+def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
     """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16 and the validation diagnostics
     through the real training workflow (tiny network, one epoch)."""
-    wf = ConfigWorkflow(
-        config_file=[str(bundle_root / "configs" / "train.yaml"), str(bundle_root / "configs" / "quick.yaml")],
-        workflow_type="train",
-        meta_file=None,
-        logging_file=None,
-        bundle_root=str(bundle_root),
+    wf = bundle_workflow(
+        "train.yaml",
+        "quick.yaml",
         run_name="pytest_objective",
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "logs"),
@@ -283,7 +281,6 @@ def test_new_keys_run_through_monai_bundle(bundle_root: Path, tmp_path: Path) ->
         sample_start_t=600,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
-    wf.initialize()
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert {"val_mean_dice", "val_anchor_dice", "val_swapped_dice", "val_image_reliance"} <= set(metrics)

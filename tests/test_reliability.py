@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -30,17 +31,6 @@ from scripts.validation import load_datalist
 from scripts.weights import verify_weights
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "roi_size": 32,
-    "batch_size": 8,
-    "num_workers": 0,
-    "epochs": 1,
-    "val_interval": 1,
-    "val_steps": 2,
-    "ema_momentum": 0.1,
-    "ema_power": None,
-    **{f"network_def#{k}": v for k, v in TINY_NET.items()},
-}
 TRAINING_OVERLAYS = [
     [],
     ["quick.yaml"],
@@ -69,22 +59,6 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def train_workflow(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
-    configs = [str(bundle_root / "configs" / c) for c in ("train.yaml", *overlays)]
-    wf = ConfigWorkflow(
-        config_file=configs,
-        workflow_type="train",
-        meta_file=None,
-        logging_file=None,
-        bundle_root=str(bundle_root),
-        ckpt_dir=str(tmp / "models"),
-        output_dir=str(tmp / "logs"),
-        **{**TINY, **overrides},
-    )
-    wf.initialize()
-    return wf
-
-
 def run(wf: ConfigWorkflow) -> None:
     wf.run()
     wf.finalize()
@@ -106,9 +80,49 @@ def test_every_training_config_writes_into_its_own_ignored_run_directory(bundle_
 
 
 def test_overlays_set_only_run_name_not_the_directories(bundle_root: Path) -> None:
-    for overlay in ["quick.yaml", "baseline.yaml", *(f"ablation/{r}.yaml" for r in ("backbone", "sa", "usa"))]:
+    for overlay in [
+        "quick.yaml",
+        "baseline.yaml",
+        *(f"ablation/{r}.yaml" for r in ("backbone", "sa", "usa", "usa_ssformer")),
+    ]:
         content = yaml.safe_load((bundle_root / "configs" / overlay).read_text())
         assert "run_name" in content and not {"ckpt_dir", "output_dir", "eval_dir"} & set(content), overlay
+
+
+def test_inference_and_evaluation_define_their_sampling_stack_alike(bundle_root: Path) -> None:
+    """inference.yaml and the train.yaml + evaluate.yaml family each name the sampling stack (a ``%configs/...`` macro
+    would resolve against the working directory, and the configs are also loaded by absolute path): the sampler
+    table, the inferer's shared arguments, the weights check and the fusion stay the same."""
+    configs = bundle_root / "configs"
+    infer, evaluate = ConfigParser(), ConfigParser()
+    infer.read_config(str(configs / "inference.yaml"))
+    evaluate.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
+    assert infer["scheduler"] == evaluate["validate#scheduler"]
+    assert infer["scheduler"]["_target_"] == "scripts.schedulers.make_scheduler"
+    shared = {
+        "num_inference_steps",
+        "ensemble_size",
+        "fusion",
+        "seed",
+        "slice_batch",
+        "autocast_dtype",
+        "channels_last",
+    }
+    assert {k: infer["inferer"][k] for k in shared} == {k: evaluate["validate#inferer"][k] for k in shared}
+    assert infer["inferer"]["start_t"] == evaluate["validate#inferer"]["start_t"] == "@sample_start_t"
+
+    def component(items: list, target: str, **where: str) -> dict:
+        found = [i for i in items if i["_target_"].endswith(target) and all(i[k] == v for k, v in where.items())]
+        assert len(found) == 1, (target, found)
+        return found[0]
+
+    loader = "VerifiedWeightsLoader"
+    assert component(infer["handlers"], loader) == component(evaluate["validate#handlers"], loader)
+    fusions = (infer["postprocessing#transforms"], evaluate["validate#postprocessing#transforms"])
+    fusion = [component(c, "EnsembleFusiond", keys="pred") for c in fusions]
+    assert [{k: v for k, v in f.items() if k != "samples_key"} for f in fusion[1:]] == [
+        {k: v for k, v in fusion[0].items() if k != "samples_key"}
+    ]  # evaluation always keeps the samples (for its diversity metrics)
 
 
 def test_quick_overlay_stops_on_a_wall_clock_budget_with_epochs_as_an_upper_bound(bundle_root: Path) -> None:
@@ -174,9 +188,9 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
 
 # -- 2. resume restores what decides what is written -------------------------------------------------------------------
 def test_resume_never_replaces_the_best_model_with_a_worse_one_and_restores_ema_optimizer_trainer(
-    bundle_root: Path, tmp_path: Path
+    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
 ) -> None:
-    run(train_workflow(bundle_root, tmp_path, "quick.yaml", epochs=2))
+    run(train_workflow(tmp_path, "quick.yaml", epochs=2))
     models = tmp_path / "models"
     ckpt_path = latest_checkpoint(models)
     assert ckpt_path.name == "checkpoint_epoch=2.pt"
@@ -191,7 +205,7 @@ def test_resume_never_replaces_the_best_model_with_a_worse_one_and_restores_ema_
     (models / "tmpab12cd34").write_bytes(b"half a checkpoint")  # an interrupted atomic write
     (models / "tmp_notes.txt").write_text("not ours")
 
-    wf = train_workflow(bundle_root, tmp_path, "quick.yaml", epochs=3, resume=True)  # a finished run, trained further
+    wf = train_workflow(tmp_path, "quick.yaml", epochs=3, resume=True)  # a finished run, trained further
     trainer = wf.parser.get_parsed_content("train#trainer")
     ema = wf.parser.get_parsed_content("train#ema").ema_model
     optimizer = wf.parser.get_parsed_content("optimizer")
@@ -492,7 +506,7 @@ def test_bad_settings_stop_monai_bundle_run_at_start_up_with_the_message_last(
 
 # -- 7. shipped weights are checked ------------------------------------------------------------------------------------
 def test_truncated_shipped_weights_are_reported_as_corrupt_with_their_path(
-    bundle_root: Path, tmp_path: Path, committed_model: Path
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, committed_model: Path
 ) -> None:
     root = tmp_path / "bundle"
     (root / "models").mkdir(parents=True)
@@ -505,22 +519,19 @@ def test_truncated_shipped_weights_are_reported_as_corrupt_with_their_path(
         verify_weights(weights, root / "large_files.yml")
 
     image = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
-    wf = ConfigWorkflow(
-        config_file=str(bundle_root / "configs" / "inference.yaml"),
+    wf = bundle_workflow(
+        "inference.yaml",
         workflow_type="infer",
-        meta_file=None,
-        logging_file=None,
         bundle_root=str(root),
         input=str(image),
         output_dir=str(tmp_path / "out"),
     )
-    wf.initialize()
     with pytest.raises(RuntimeError) as err:  # the default inference config checks the hash before loading
         wf.run()
     assert "corrupt, truncated or replaced" in str(err.value.__cause__ or err.value)
 
 
-def test_truncated_weights_of_a_run_are_reported_as_unloadable(bundle_root: Path, tmp_path: Path) -> None:
+def test_truncated_weights_of_a_run_are_reported_as_unloadable(tmp_path: Path) -> None:
     from scripts.weights import WeightsLoader
 
     path = tmp_path / "model.pt"

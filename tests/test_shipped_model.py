@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +52,19 @@ def test_recorded_sha256_matches_the_committed_and_the_checked_out_weights(
     assert hashlib.sha256((bundle_root / "models" / "model.pt").read_bytes()).hexdigest() == recorded
 
 
-def test_default_inference_with_the_shipped_weights_writes_a_mask(bundle_root: Path, demo_data: Path, tmp_path) -> None:
+def test_default_inference_with_the_shipped_weights_writes_a_mask(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, demo_data: Path, tmp_path: Path
+) -> None:
     image = sorted((demo_data / "isic" / "images").glob("*.jpg"))[0]
-    wf = ConfigWorkflow(
-        config_file=str(bundle_root / "configs" / "inference.yaml"),
+    wf = bundle_workflow(
+        "inference.yaml",
         workflow_type="infer",
         meta_file=str(bundle_root / "configs" / "metadata.json"),
-        logging_file=None,
-        bundle_root=str(bundle_root),
         input=str(image),
         output_dir=str(tmp_path),
         num_inference_steps=2,
         ensemble_size=2,
     )
-    wf.initialize()
     wf.run()
     wf.finalize()
     mask = np.asarray(Image.open(tmp_path / f"{image.stem}_seg.png"))

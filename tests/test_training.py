@@ -4,64 +4,24 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-from tiny_config import TINY_NET
+from tiny_config import TINY_TRAINING
 
 from scripts.checkpoints import AtomicCheckpointSaver, latest_checkpoint
 
-TINY = {
-    "roi_size": 32,
-    "batch_size": 8,
-    "num_workers": 0,
-    "epochs": 1,
-    "val_interval": 1,
-    "val_steps": 2,
-    "ema_momentum": 0.1,
-    "ema_power": None,
-    **{f"network_def#{k}": v for k, v in TINY_NET.items()},
-}
 
-
-def workflow(bundle_root: Path, tmp: Path, *overlays: str, **overrides) -> ConfigWorkflow:
-    configs = [str(bundle_root / "configs" / "train.yaml")] + [str(bundle_root / "configs" / o) for o in overlays]
-    wf = ConfigWorkflow(
-        config_file=configs,
-        workflow_type="train",
-        meta_file=None,
-        logging_file=None,
-        **{
-            "bundle_root": str(bundle_root),
-            "ckpt_dir": str(tmp / "models"),
-            "output_dir": str(tmp / "runs"),
-            **TINY,
-            **overrides,
-        },
-    )
-    wf.initialize()
-    return wf
-
-
-def run_recording(wf: ConfigWorkflow) -> dict:
-    """Runs the workflow and returns per-iteration losses, epochs started and the validation Dice."""
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    record: dict = {"losses": [], "epochs": []}
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: record["losses"].append(e.state.output[0]["loss"]))
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: record["epochs"].append(e.state.epoch))
-    wf.run()
-    evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    record["dice"] = evaluator.state.metrics.get("val_mean_dice")
-    record["trainer_epoch"] = trainer.state.epoch
-    wf.finalize()
-    return record
-
-
-def test_2d_binary_training_writes_checkpoints_and_validation_dice(bundle_root: Path, tmp_path: Path) -> None:
-    wf = workflow(bundle_root, tmp_path, "quick.yaml")
+def test_2d_binary_training_writes_checkpoints_and_validation_dice(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    wf = train_workflow(tmp_path, "quick.yaml")
     assert not wf.check_properties(), wf.check_properties()  # model-zoo required keys are present
     rec = run_recording(wf)
     assert len(rec["losses"]) == 4 and all(torch.isfinite(torch.as_tensor(rec["losses"])))
@@ -72,11 +32,15 @@ def test_2d_binary_training_writes_checkpoints_and_validation_dice(bundle_root: 
     ckpt = torch.load(latest_checkpoint(tmp_path / "models"), map_location="cpu", weights_only=True)
     assert {"network", "ema", "optimizer", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 4 and ckpt["trainer"]["epoch_length"] == 4
-    assert (tmp_path / "runs").is_dir() and any((tmp_path / "runs").iterdir())  # TensorBoard events
+    assert (tmp_path / "logs").is_dir() and any((tmp_path / "logs").iterdir())  # TensorBoard events
 
 
-def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(bundle_root: Path, tmp_path: Path) -> None:
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2)
+def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    wf = train_workflow(tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2)
     batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
     assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
     val = next(iter(wf.parser.get_parsed_content("validate#dataloader")))
@@ -86,19 +50,27 @@ def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(bundle_root: 
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def test_same_seed_same_first_epoch_loss(bundle_root: Path, tmp_path: Path) -> None:
-    a = run_recording(workflow(bundle_root, tmp_path / "a", "quick.yaml", val_interval=5))
-    b = run_recording(workflow(bundle_root, tmp_path / "b", "quick.yaml", val_interval=5))
-    c = run_recording(workflow(bundle_root, tmp_path / "c", "quick.yaml", val_interval=5, seed=1))
+def test_same_seed_same_first_epoch_loss(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    a = run_recording(train_workflow(tmp_path / "a", "quick.yaml", val_interval=5))
+    b = run_recording(train_workflow(tmp_path / "b", "quick.yaml", val_interval=5))
+    c = run_recording(train_workflow(tmp_path / "c", "quick.yaml", val_interval=5, seed=1))
     assert a["losses"] == b["losses"]
     assert a["losses"] != c["losses"]
 
 
-def test_resume_continues_from_the_saved_epoch(bundle_root: Path, tmp_path: Path) -> None:
-    first = run_recording(workflow(bundle_root, tmp_path, "quick.yaml", val_interval=5))
+def test_resume_continues_from_the_saved_epoch(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    first = run_recording(train_workflow(tmp_path, "quick.yaml", val_interval=5))
     assert first["epochs"] == [1]
     saved = torch.load(latest_checkpoint(tmp_path / "models"), map_location="cpu", weights_only=True)
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", val_interval=5, epochs=2, resume=True)
+    wf = train_workflow(tmp_path, "quick.yaml", val_interval=5, epochs=2, resume=True)
     net, trainer = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("train#trainer")
     at_start: dict = {}
 
@@ -115,13 +87,13 @@ def test_resume_continues_from_the_saved_epoch(bundle_root: Path, tmp_path: Path
     # the resumed run started from the saved weights and iteration count, not from a fresh initialisation
     assert at_start.pop("iteration") == len(first["losses"]) + 1
     assert all(torch.equal(saved["network"][k], v) for k, v in at_start.items())
-    fresh = run_recording(workflow(bundle_root, tmp_path / "fresh", "quick.yaml", val_interval=5, epochs=2))
+    fresh = run_recording(train_workflow(tmp_path / "fresh", "quick.yaml", val_interval=5, epochs=2))
     assert fresh["epochs"] == [1, 2]
 
 
-def test_resume_rejects_the_string_false(bundle_root: Path, tmp_path: Path) -> None:
+def test_resume_rejects_the_string_false(train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as err:  # at start-up (scripts/checks.py), before any data is read
-        workflow(bundle_root, tmp_path, "quick.yaml", resume="false")
+        train_workflow(tmp_path, "quick.yaml", resume="false")
     assert "resume='false' is invalid, expected True or False" in repr(err.value.__cause__) + str(err.value)
 
 
@@ -163,7 +135,7 @@ def test_checkpoint_write_is_atomic_and_keeps_the_previous_one(tmp_path: Path, m
     ],
 )
 def test_bad_datalist_stops_before_training_without_touching_outputs(
-    bundle_root: Path, tmp_path: Path, mutate, message: str
+    train_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, mutate, message: str
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(bundle_root / "data" / "demo" / "isic", data)
@@ -173,7 +145,7 @@ def test_bad_datalist_stops_before_training_without_touching_outputs(
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.pt").write_bytes(b"earlier work")
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", dataset_dir=str(data))
+    wf = train_workflow(tmp_path, "quick.yaml", dataset_dir=str(data))
     with pytest.raises(RuntimeError) as err:
         wf.run()
     chain, e = [], err.value
@@ -197,7 +169,7 @@ def test_tracking_with_mlflow_records_the_run(bundle_root: Path, tmp_path: Path)
         bundle_root=str(bundle_root),
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "runs"),
-        **TINY,
+        **TINY_TRAINING,
     )
     db = tmp_path / "runs" / "mlruns.db"
     assert db.is_file()

@@ -12,3 +12,16 @@ TINY_NET = {
     "filter_width": 4,
     "filter_blocks": 6,
 }
+
+# one short training epoch of the tiny network (train.yaml keys), for the workflow tests
+TINY_TRAINING = {
+    "roi_size": 32,
+    "batch_size": 8,
+    "num_workers": 0,
+    "epochs": 1,
+    "val_interval": 1,
+    "val_steps": 2,
+    "ema_momentum": 0.1,
+    "ema_power": None,
+    **{f"network_def#{k}": v for k, v in TINY_NET.items()},
+}
