@@ -242,17 +242,17 @@ def test_unknown_override_keys_are_named_with_close_matches(bundle_root: Path, t
     keys = ["learning_rate", "learning_rte", "network_def#channels", "train::dataloader::batch_size", "+train#handlers"]
     assert unknown_override_keys(configs, keys) == ["learning_rte"]
     assert unknown_override_keys(configs, ["run_name", "tracking_uri"], tracking="mlflow") == []
-    main = str(Path(torch.__file__).parents[1] / "monai" / "bundle" / "__main__.py")
-    argv = [main, "run", "--config_file", repr(configs), "--learning_rte", "1e-3", "--epochs=3", "--resume", "True"]
+    argv = ["run", "--config_file", repr(configs), "--learning_rte", "1e-3", "--epochs=3", "--resume", "True"]
     with pytest.raises(ValueError, match=r"--learning_rte \(did you mean --learning_rate\?\)"):
         check_cli_overrides(argv)
-    check_cli_overrides([main, "run", "--config_file", repr(configs), "--learning_rate", "1e-3", "--epochs=3"])
-    check_cli_overrides([main, "run", "--config-file", repr(configs), "--meta-file", "None", "--epochs", "2"])
-    check_cli_overrides(["pytest", "--learning_rte", "1"])  # not `monai.bundle run`: nothing to check
+    check_cli_overrides(["run", "--config_file", repr(configs), "--learning_rate", "1e-3", "--epochs=3"])
+    check_cli_overrides(["run", "--config-file", repr(configs), "--meta-file", "None", "--epochs", "2"])
+    check_cli_overrides(["verify_metadata", "--learning_rte", "1"])  # not `monai.bundle run`: nothing to check
+    check_cli_overrides()  # this process (pytest) is not `python -m monai.bundle`: nothing to check
     args_file = tmp_path / "args.yaml"
     args_file.write_text(yaml.safe_dump({"config_file": configs, "epocs": 3}))
     with pytest.raises(ValueError, match="--epocs"):
-        check_cli_overrides([main, "run", "--args_file", str(args_file)])
+        check_cli_overrides(["run", "--args_file", str(args_file)])
 
     overlay = tmp_path / "checked.yaml"  # the initialize line proposed for the bundle configs
     overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}]}))

@@ -11,7 +11,6 @@ import ast
 import difflib
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigParser
@@ -61,17 +60,27 @@ def _cli_value(value: str) -> Any:
         return value
 
 
+def running_monai_bundle() -> bool:
+    """Whether this process is ``python -m monai.bundle`` (also each worker of ``torchrun -m monai.bundle``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "monai.bundle.__main__"
+
+
 def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
-    """Raises ``ValueError`` when ``python -m monai.bundle run`` got an override key (``--key value``) that its config
-    files do not define, with close matches. Does nothing outside that command (Python API, tests, other CLIs)."""
-    from_process = argv is None
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or Path(argv[0]).parts[-3:] != ("monai", "bundle", "__main__.py") or argv[1] != "run":
-        return
-    if from_process:
+    """Raises ``ValueError`` when ``monai.bundle run`` got an override key (``--key value``) that its config files do
+    not define, with close matches. ``argv``: the command's arguments (``["run", "--config_file", ...]``); ``None``
+    reads them from this process when it is ``python -m monai.bundle`` and does nothing otherwise (Python API,
+    tests, other CLIs)."""
+    if argv is None:
+        if not running_monai_bundle():
+            return
+        argv = sys.argv[1:]
         install_error_summary()  # a bundle error ends stderr with its one-line message
+    argv = list(argv)
+    if not argv or argv[0] != "run":
+        return
     args: dict[str, Any] = {}
-    for i, token in enumerate(argv[2:], start=2):
+    for i, token in enumerate(argv[1:], start=1):
         if token.startswith("--") and len(token) > 2:
             name, eq, value = token[2:].partition("=")
             name = name.replace("-", "_") if name.replace("-", "_") in RUN_ARGS else name  # Fire accepts both

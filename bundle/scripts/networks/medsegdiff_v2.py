@@ -17,6 +17,7 @@ ANCHOR_MODES = ("none", "sa", "usa")
 SEMANTIC_MODES = ("none", "ssformer", "ssformer_nbp")
 GATE_MODES = ("single", "per_class")
 
+
 @dataclass(frozen=True)
 class Architecture:
     """The sizes of a MedSegDiffV2: a preset, or explicit values (any of them override the preset's)."""
