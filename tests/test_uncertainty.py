@@ -247,3 +247,13 @@ def test_eval_split_bad_value_or_missing_section_is_a_clear_error(
     assert f"{split}: missing section 'test' in the datalist (list sections: 'training', 'validation')" in _chain(
         err.value
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"), [("isic2018_split.json", (1751, 64, 131)), ("msd_hippocampus_split.json", (155, 20, 20))]
+)
+def test_split_files_hold_a_disjoint_held_out_test_list(bundle_root: Path, name: str, sizes: tuple[int, ...]) -> None:
+    split = json.loads((bundle_root / "docs" / "splits" / name).read_text())
+    parts = [{c["image"] for c in split[k]} for k in ("training", "validation", "test")]
+    assert tuple(len(p) for p in parts) == sizes
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
