@@ -1,4 +1,4 @@
-"""Uncertainty that is measured (issue 12): error-detection AUROC and calibration error on constructed inputs, the
+"""Uncertainty that is measured: error-detection AUROC and calibration error on constructed inputs, the
 engine-output transforms, the reliability diagram, evaluate.yaml end to end for V2 and the UNet, and eval_split."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Uncertainty that is measured (issue 12): how well an uncertainty map finds the prediction's own errors
+"""Uncertainty that is measured: how well an uncertainty map finds the prediction's own errors
 (error-detection AUROC), how well a foreground probability is calibrated (expected calibration error), and the
 reliability diagram, for the diffusion ensemble and the UNet baseline alike.
 
