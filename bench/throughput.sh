@@ -7,6 +7,10 @@ set -u
 OLD=${OLD:?set OLD to the root of the older checkout}; D=${D:-$PWD/../shared/data}; PY=${PY:-$PWD/.venv/bin/python}
 OUT=${OUT:-/tmp/throughput}; BUDGET=${BUDGET:-120}; mkdir -p "$OUT"
 grep -m1 "model name" /proc/cpuinfo; grep -o -m1 "avx512_bf16" /proc/cpuinfo || echo "no avx512_bf16"; nproc
+echo "== training step, V2-small and UNet, 64 px, batch 8 (this code: timestep groups 2, fp32/bf16)"
+$PY bench/bench_train_step.py --preset small --size 64 --batch 8 --groups 2 --amp both --repeats 5 \
+  --json "$OUT/step_small64.json" | tail -5
+$PY bench/bench_train_step.py --preset small --size 64 --batch 8 --bundle "$OLD/bundle" --variants v2 --repeats 5 | tail -1
 echo "== training step, V2-small and UNet, 128 px, batch 8 (this code; timestep groups none/2/1, fp32/bf16)"
 $PY bench/bench_train_step.py --preset small --size 128 --batch 8 --groups none 2 1 --amp both --repeats 5 \
   --json "$OUT/step_small128.json" | tail -9

@@ -167,6 +167,7 @@ def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(
     wf.finalize()
     assert details["val_mean_dice"].shape == (3, 2)  # 3 validation volumes x 2 structures
     assert details["val_ged"].shape == (3, 2) and torch.isfinite(details["val_hd95"]).all()
+    assert details["val_ece"].shape == (3, 2) and details["val_error_auroc"].shape == (3, 1)  # per class; one map
     assert (tmp_path / "eval" / "overlay_grid.png").is_file()
 
 

@@ -25,7 +25,7 @@ OVERRIDES = {"image_channels": 1, "num_classes": 2, "roi_size": ROI, "concat_anc
 @pytest.fixture(scope="module")
 def net() -> MedSegDiffV2:
     torch.manual_seed(0)
-    return MedSegDiffV2(1, 2, **TINY_NET, concat_anchor=True).eval()  # the anchor reaches the denoiser's input too
+    return MedSegDiffV2(1, 2, **TINY_NET).eval()  # with concat_anchor: the anchor reaches the denoiser's input too
 
 
 @pytest.fixture(scope="module")

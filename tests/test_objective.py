@@ -186,9 +186,9 @@ def test_grouped_timesteps_give_the_per_case_outputs() -> None:
 
 def test_network_switches_change_what_reaches_the_denoiser() -> None:
     torch.manual_seed(0)
-    base = MedSegDiffV2(3, 2, **TINY_NET)
+    base = MedSegDiffV2(3, 2, **{**TINY_NET, "concat_anchor": False})
     assert base.stem.in_channels == 2 and base.anchor_condition.residual is None
-    net = MedSegDiffV2(3, 2, **TINY_NET, concat_anchor=True, anchor_residual=True, anchor_gates="per_class")
+    net = MedSegDiffV2(3, 2, **{**TINY_NET, "concat_anchor": True}, anchor_residual=True, anchor_gates="per_class")
     assert net.stem.in_channels == 4 and net.anchor_condition.proj.out_channels == 2
     assert torch.equal(net.anchor_condition.residual.weight, torch.zeros_like(net.anchor_condition.residual.weight))
     out = net(torch.randn(2, 2, 16, 16), torch.tensor([3, 4]), image=torch.randn(2, 3, 16, 16))

@@ -429,6 +429,8 @@ BAD = [
     ("sample_start_t", 0, "null/None or an integer in [1, num_train_timesteps=1000]"),
     ("cache_rate", 1.5, "a number in [0, 1]"),
     ("preset", "huge", "one of 'paper', 'small', None"),
+    ("eval_split", "testing", "one of 'validation', 'test'"),
+    ("ece_bins", 0, "an integer >= 1"),
 ]
 
 
@@ -487,6 +489,11 @@ CLI_CASES = [
         "['configs/train.yaml','configs/quick.yaml']",
         ["--batch_size", "abc"],
         "batch_size='abc' is invalid, expected an integer >= 1",
+    ),
+    (
+        "['configs/train.yaml','configs/evaluate.yaml']",
+        ["--eval_split", "testing"],
+        "eval_split='testing' is invalid, expected one of 'validation', 'test'",
     ),
 ]
 

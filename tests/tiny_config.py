@@ -11,6 +11,7 @@ TINY_NET = {
     "patch_size": 1,
     "filter_width": 4,
     "filter_blocks": 6,
+    "concat_anchor": True,  # the bundle default: the anchor probabilities reach the denoiser's input
 }
 
 # one short training epoch of the tiny network (train.yaml keys), for the workflow tests

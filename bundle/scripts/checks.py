@@ -143,6 +143,8 @@ RULES: tuple[Rule, ...] = (
     Rule("output_ext", one_of(".png", ".nii.gz", ".nii")),
     Rule("output_scale", optional(number(0.0, low_open=True))),
     Rule("grid_cases", integer(0)),
+    Rule("eval_split", one_of("validation", "test")),
+    Rule("ece_bins", integer(1)),
     # diffusion options (checked where a config defines them)
     Rule("prediction_type", one_of("epsilon", "sample", "v_prediction")),
     Rule("snr_gamma", optional(number(0.0, low_open=True))),

@@ -1,0 +1,259 @@
+"""Uncertainty that is measured: error-detection AUROC and calibration error on constructed inputs, the
+engine-output transforms, the reliability diagram, evaluate.yaml end to end for V2 and the UNet, and eval_split."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.metrics import compute_roc_auc
+from PIL import Image
+from test_evaluation import EVAL
+from test_training import workflow
+
+from scripts.uncertainty import (
+    ErrorDetectionAUROC,
+    ExpectedCalibrationError,
+    ProbabilityUncertaintyd,
+    ReliabilityDiagramSaver,
+    from_engine_ensemble_probability,
+    from_engine_errors,
+)
+
+# ---- error-detection AUROC --------------------------------------------------------------------------------------
+
+
+def _errors(seed: int, shape: tuple[int, ...] = (2, 1, 64, 64), rate: float = 0.1) -> torch.Tensor:
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < rate).float()
+
+
+def test_auroc_is_one_for_a_map_that_marks_the_errors_half_for_noise_zero_when_inverted() -> None:
+    errors = _errors(0)
+    metric = ErrorDetectionAUROC()
+    assert torch.equal(metric(errors.clone(), errors), torch.ones(2, 1))  # per case
+    assert metric.aggregate().item() == 1.0  # pooled
+    metric.reset()
+    metric(1 - errors, errors)
+    assert metric.aggregate().item() == 0.0
+    metric.reset()
+    noise = torch.rand(errors.shape, generator=torch.Generator().manual_seed(1))
+    per_case = metric(noise, errors)
+    assert metric.aggregate().item() == pytest.approx(0.5, abs=0.03)
+    assert torch.allclose(per_case, torch.full((2, 1), 0.5), atol=0.05)
+
+
+def test_auroc_matches_monai_compute_roc_auc_with_ties_pooled_and_per_case() -> None:
+    g = torch.Generator().manual_seed(2)
+    errors = _errors(3, (3, 1, 12, 12), rate=0.3)
+    # few distinct values (as an ensemble's entropy), correlated with the errors: ties matter
+    scores = ((errors + torch.rand(errors.shape, generator=g)) * 2).round() / 4
+    metric = ErrorDetectionAUROC()
+    per_case = metric(scores, errors)
+    for i in range(3):
+        assert per_case[i, 0].item() == pytest.approx(compute_roc_auc(scores[i].flatten(), errors[i].flatten()))
+    pooled = compute_roc_auc(scores.flatten(), errors.flatten())
+    assert metric.aggregate().item() == pytest.approx(pooled)
+    assert 0.5 < pooled < 1.0
+
+
+def test_auroc_of_a_case_without_errors_is_nan_and_left_out_of_the_pooled_value() -> None:
+    errors = _errors(4, (1, 1, 16, 16))
+    metric = ErrorDetectionAUROC()
+    metric(errors.clone(), errors)
+    per_case = metric(torch.rand(1, 1, 16, 16), torch.zeros(1, 1, 16, 16))  # a perfect case: nothing to detect
+    assert torch.isnan(per_case).all()
+    # its pixels are all correct: they join the negatives of the pooled AUROC, which stays well defined
+    assert 0.5 < metric.aggregate().item() <= 1.0
+    metric.reset()
+    metric(torch.rand(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+    with pytest.warns(UserWarning, match="no prediction error"):
+        assert np.isnan(metric.aggregate().item())
+
+
+# ---- expected calibration error ---------------------------------------------------------------------------------
+
+
+def _calibrated(levels: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8, 1.0), per_level: int = 10):
+    """Probabilities at bin centres-ish with exactly the matching share of foreground pixels: perfectly calibrated."""
+    prob, truth = [], []
+    for p in levels:
+        positives = round(p * per_level)
+        prob += [p] * per_level
+        truth += [1.0] * positives + [0.0] * (per_level - positives)
+    return torch.tensor(prob).reshape(1, 1, -1), torch.tensor(truth).reshape(1, 1, -1)
+
+
+def test_ece_is_zero_for_perfectly_calibrated_probabilities() -> None:
+    prob, truth = _calibrated()
+    metric = ExpectedCalibrationError(num_bins=15)
+    assert metric(prob, truth).item() == pytest.approx(0.0, abs=1e-6)
+    assert metric.aggregate().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ece_is_large_for_overconfident_probabilities_hand_computed() -> None:
+    # says 1.0 where only 60% are foreground, 0.0 where 30% are: ECE = 0.5 * 0.4 + 0.5 * 0.3
+    prob = torch.tensor([1.0] * 10 + [0.0] * 10).reshape(1, 1, 20)
+    truth = torch.tensor([1.0] * 6 + [0.0] * 4 + [1.0] * 3 + [0.0] * 7).reshape(1, 1, 20)
+    metric = ExpectedCalibrationError()
+    assert metric(prob, truth).item() == pytest.approx(0.35)
+    # the same pixels with honest probabilities 0.6 and 0.3: calibrated
+    metric.reset()
+    honest = torch.tensor([0.6] * 10 + [0.3] * 10).reshape(1, 1, 20)
+    assert metric(honest, truth).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ece_is_per_class_per_case_and_pooled_over_pixels() -> None:
+    calibrated_p, calibrated_t = _calibrated()  # 50 pixels
+    over_p = torch.ones_like(calibrated_p)  # class 2: always sure, 50% foreground -> ECE 0.5
+    over_t = (torch.arange(50) % 2).float().reshape(1, 1, 50)
+    prob, truth = torch.cat([calibrated_p, over_p], 1), torch.cat([calibrated_t, over_t], 1)
+    metric = ExpectedCalibrationError()
+    per_case = metric(torch.cat([prob, prob]), torch.cat([truth, truth]))
+    assert per_case.shape == (2, 2) and torch.allclose(per_case, torch.tensor([[0.0, 0.5]] * 2), atol=1e-6)
+    assert torch.allclose(metric.per_class(), torch.tensor([0.0, 0.5], dtype=torch.float64), atol=1e-6)
+    assert metric.aggregate().item() == pytest.approx(0.25)
+    assert metric.bins.shape == (2, 15, 3) and metric.bins[..., 0].sum().item() == 2 * 2 * 50
+    with pytest.raises(ValueError, match="probabilities"):
+        metric(prob * 2, truth)
+
+
+# ---- engine output transforms and the UNet's uncertainty -----------------------------------------------------------
+
+
+def test_transforms_give_ensemble_frequency_multiclass_errors_and_sigmoid_entropy() -> None:
+    samples = torch.tensor([[0, 1, 2, 2], [0, 1, 1, 2], [0, 0, 2, 2], [1, 1, 2, 0]]).float()  # 4 members, 4 pixels
+    truth = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 1]]).float()  # labels 0, 1, 2, 2
+    probs, truths = from_engine_ensemble_probability()([{"samples": samples, "label": truth}])
+    expected = torch.tensor([[0.25, 0.75, 0.25, 0.0], [0.0, 0.0, 0.75, 0.75]])
+    assert torch.allclose(probs[0], expected) and torch.equal(truths[0], truth)
+    pred = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1]]).float()  # labels 0, 1, 1, 2: pixel 2 wrong
+    unc = torch.tensor([[0.0, 0.8, 0.9, 0.8]])
+    scores, errors = from_engine_errors()({"uncertainty": unc, "pred": pred, "label": truth})
+    assert torch.equal(errors[0], torch.tensor([[0.0, 0.0, 1.0, 0.0]])) and torch.equal(scores[0], unc)
+    out = ProbabilityUncertaintyd(keys="prob")({"prob": torch.tensor([[0.5, 0.0, 1.0], [0.0, 0.0, 0.11]])})
+    assert torch.allclose(out["uncertainty"], torch.tensor([[1.0, 0.0, 0.4999]]), atol=1e-3)  # bits, max over classes
+
+
+def test_reliability_diagram_saver_writes_png_and_csv(tmp_path: Path) -> None:
+    metric = ExpectedCalibrationError(num_bins=10)
+    metric(*_calibrated())
+    ReliabilityDiagramSaver(metric, tmp_path, title="test")(None)
+    rows = list(csv.DictReader((tmp_path / "reliability.csv").open()))
+    assert len(rows) == 10 and sum(int(r["pixels"]) for r in rows) == 50
+    filled = [r for r in rows if int(r["pixels"])]
+    assert all(float(r["mean_probability"]) == pytest.approx(float(r["foreground_frequency"])) for r in filled)
+    png = np.asarray(Image.open(tmp_path / "reliability_diagram.png"))
+    assert png.ndim == 3 and png.std() > 0
+
+
+# ---- evaluate.yaml: V2 and the UNet, and eval_split ----------------------------------------------------------------
+
+
+def _details(out: Path, name: str) -> list[list[str]]:
+    return list(csv.reader((out / f"{name}_raw.csv").open()))
+
+
+def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(bundle_root: Path, tmp_path: Path) -> None:
+    """Untrained weights: the numbers are not meaningful, but each output is written and in range."""
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
+    (tmp_path / "models").mkdir()
+    torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
+    wf.run()
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    assert 0 <= metrics["val_ece"] <= 1 and (
+        np.isnan(metrics["val_error_auroc"]) or 0 <= metrics["val_error_auroc"] <= 1
+    )
+    out = tmp_path / "eval"
+    for name in ("val_error_auroc", "val_ece"):
+        assert len(_details(out, name)) == 1 + 8 and (out / f"{name}_summary.csv").is_file()
+    assert "val_ece" in (out / "metrics.csv").read_text()
+    assert len((out / "reliability.csv").read_text().splitlines()) == 1 + 15
+    assert (out / "reliability_diagram.png").is_file()
+
+
+def test_baseline_evaluation_scores_the_unet_sigmoid(bundle_root: Path, tmp_path: Path) -> None:
+    unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8]}
+    small = {"network_def": {**unet, "strides": [2]}, "eval_dir": str(tmp_path / "e")}
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", **small)
+    (tmp_path / "models").mkdir()
+    torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
+    seen: dict = {}
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.setdefault("output", e.state.output[0]))
+    wf.run()
+    metrics = evaluator.state.metrics
+    wf.finalize()
+    item = seen["output"]
+    prob = item["prob"]
+    assert prob.min() >= 0 and prob.max() <= 1 and len(torch.unique(prob)) > 2  # a probability, not the mask
+    assert torch.equal(item["pred"], (prob >= 0.5).float())
+    assert item["uncertainty"].shape == prob.shape and item["uncertainty"].max() <= 1
+    assert 0 <= metrics["val_ece"] <= 1 and 0 <= metrics["val_error_auroc"] <= 1
+    assert (tmp_path / "e" / "reliability_diagram.png").is_file() and (tmp_path / "e" / "val_ece_raw.csv").is_file()
+
+
+def _split_datalist(demo: Path, tmp: Path, with_test: bool = True) -> Path:
+    d = json.loads((demo / "isic" / "datalist.json").read_text())
+    sections = {"training": d["training"], "validation": d["validation"][:5]}
+    if with_test:
+        sections["test"] = d["validation"][5:]
+    path = tmp / "split.json"
+    path.write_text(json.dumps(sections))
+    return path
+
+
+def test_eval_split_test_scores_the_test_list(bundle_root: Path, demo_data: Path, tmp_path: Path) -> None:
+    split = _split_datalist(demo_data, tmp_path)
+    test_cases = json.loads(split.read_text())["test"]
+    common = {"datalist": str(split), "eval_dir": str(tmp_path / "eval"), **EVAL}
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", **common)  # default: validation
+    assert len(wf.parser.get_parsed_content("validate#datalist")) == 5
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", **common)
+    scored = wf.parser.get_parsed_content("validate#datalist")
+    assert [Path(c["image"]).name for c in scored] == [Path(c["image"]).name for c in test_cases]
+    (tmp_path / "models").mkdir()
+    torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
+    wf.run()
+    wf.finalize()
+    rows = _details(tmp_path / "eval", "val_mean_dice")[1:]
+    assert sorted(Path(r[0]).name for r in rows) == sorted(Path(c["image"]).name for c in test_cases)
+
+
+def _chain(err: BaseException) -> str:
+    """The messages of an exception and its causes (the config parser wraps the bundle's errors)."""
+    messages = []
+    while err is not None:
+        messages.append(str(err))
+        err = err.__cause__
+    return " <- ".join(messages)
+
+
+def test_eval_split_bad_value_or_missing_section_is_a_clear_error(
+    bundle_root: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(Exception) as err:
+        workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="testing")
+    assert "invalid setting: eval_split='testing' is invalid, expected one of 'validation', 'test'" in _chain(err.value)
+    split = _split_datalist(demo_data, tmp_path, with_test=False)
+    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", datalist=str(split))
+    with pytest.raises(Exception) as err:
+        wf.parser.get_parsed_content("validate#datalist")
+    assert f"{split}: missing section 'test' in the datalist (list sections: 'training', 'validation')" in _chain(
+        err.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"), [("isic2018_split.json", (1751, 64, 131)), ("msd_hippocampus_split.json", (155, 20, 20))]
+)
+def test_split_files_hold_a_disjoint_held_out_test_list(bundle_root: Path, name: str, sizes: tuple[int, ...]) -> None:
+    split = json.loads((bundle_root / "docs" / "splits" / name).read_text())
+    parts = [{c["image"] for c in split[k]} for k in ("training", "validation", "test")]
+    assert tuple(len(p) for p in parts) == sizes
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
