@@ -26,7 +26,6 @@ from scripts.weights import VerifiedWeightsLoader, verify_weights
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
 NET = {f"network_def#{k}": v for k, v in TINY_NET.items()}
-DEFAULT_NET = {**TINY_NET, "concat_anchor": True}  # the tiny network with the configs' default denoiser input
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -59,7 +58,7 @@ def sha256(path: Path) -> str:
 def tiny_weights(path: Path) -> Path:
     torch.manual_seed(0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": MedSegDiffV2(3, 1, **DEFAULT_NET).state_dict()}, path)
+    torch.save({"model": MedSegDiffV2(3, 1, **TINY_NET).state_dict()}, path)
     return path
 
 
@@ -136,7 +135,7 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
     assert not list(rank1.iterdir())  # rank 1 wrote no checkpoint
     ckpt = torch.load(rank0 / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["network"])  # saved without the DDP wrapper
-    MedSegDiffV2(3, 1, **DEFAULT_NET).load_state_dict(torch.load(rank0 / "model.pt", weights_only=True)["model"])
+    MedSegDiffV2(3, 1, **TINY_NET).load_state_dict(torch.load(rank0 / "model.pt", weights_only=True)["model"])
 
 
 # -- packaging ---------------------------------------------------------------------------------------------------------
@@ -219,7 +218,7 @@ def test_tampered_weights_are_refused_and_intact_weights_load(tmp_path: Path) ->
     assert verify_weights(tiny_weights(tmp_path / "other.pt"), large_files) is False  # not listed: not checked
     assert verify_weights(weights, tmp_path / "missing.yml") is False
 
-    net = MedSegDiffV2(3, 1, **DEFAULT_NET)
+    net = MedSegDiffV2(3, 1, **TINY_NET)
     loader = VerifiedWeightsLoader(load_path=str(weights), load_dict={"model": net}, large_files=str(large_files))
     loader(Engine(lambda e, b: None))  # intact: loads
     saved = torch.load(weights, weights_only=True)["model"]

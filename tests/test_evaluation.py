@@ -14,6 +14,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import DiceMetric, MeanIoU
 from monai.networks.nets import UNet
 from PIL import Image
+from tiny_config import TINY_EVAL
 
 from scripts.metrics import (
     DiceConfidenceIntervalMetric,
@@ -132,7 +133,7 @@ def test_diversity_metrics_on_sample_label_maps_per_class() -> None:
 
 # ---- workflows ---------------------------------------------------------------------------------------------------
 
-EVAL = {"num_inference_steps": 2, "ensemble_size": 3, "sampler": "ddim", "grid_cases": 2}
+EVAL = TINY_EVAL
 
 
 def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(

@@ -21,7 +21,7 @@ from scripts.networks import MedSegDiffV2
 from scripts.sampling import DiffusionSegmentationInferer
 from scripts.schedulers import RespacedDDPMScheduler
 
-NET = {**TINY_NET, "concat_anchor": True}  # as inference.yaml and the shipped weights
+NET = TINY_NET
 FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
 
 

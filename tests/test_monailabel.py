@@ -71,7 +71,7 @@ def _served_bundle(src: Path, dst: Path) -> None:
     (dst / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
     torch.manual_seed(0)
     (dst / "models").mkdir()
-    torch.save({"model": MedSegDiffV2(1, 2, **TINY_NET, concat_anchor=True).state_dict()}, dst / "models" / "model.pt")
+    torch.save({"model": MedSegDiffV2(1, 2, **TINY_NET).state_dict()}, dst / "models" / "model.pt")
 
 
 def _study(bundle_root: Path, path: Path) -> nib.Nifti1Image:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from tiny_config import TINY_NET
 
 from scripts.networks import PRESETS, FourierCrossAttention, MedSegDiffV2, NBPFilter
-from scripts.networks.medsegdiff_v2 import architecture
+from scripts.networks.medsegdiff_v2 import Architecture, architecture
 
 TINY = TINY_NET
 
@@ -161,7 +161,7 @@ def test_preset_sizes_are_data_and_explicit_sizes_override_them() -> None:
     assert small.semantic_condition is not None
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in MedSegDiffV2(3, 1, "small").parameters())
     assert architecture("small", former_dim=32) == replace(PRESETS["small"], former_dim=32)
-    sizes = {k: v for k, v in TINY_NET.items() if k != "preset"}
+    sizes = {k: v for k, v in TINY_NET.items() if k in {f.name for f in fields(Architecture)}}
     assert architecture(None, **sizes).channels == tuple(TINY_NET["channels"])  # lists from a config become tuples
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
 from monai.metrics import compute_roc_auc
 from PIL import Image
-from test_evaluation import EVAL
-from test_training import workflow
+from tiny_config import TINY_EVAL
 
 from scripts.uncertainty import (
     ErrorDetectionAUROC,
@@ -158,9 +159,11 @@ def _details(out: Path, name: str) -> list[list[str]]:
     return list(csv.reader((out / f"{name}_raw.csv").open()))
 
 
-def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(bundle_root: Path, tmp_path: Path) -> None:
+def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(
+    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
+) -> None:
     """Untrained weights: the numbers are not meaningful, but each output is written and in range."""
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **EVAL)
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **TINY_EVAL)
     (tmp_path / "models").mkdir()
     torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
     wf.run()
@@ -177,10 +180,12 @@ def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(bundle
     assert (out / "reliability_diagram.png").is_file()
 
 
-def test_baseline_evaluation_scores_the_unet_sigmoid(bundle_root: Path, tmp_path: Path) -> None:
+def test_baseline_evaluation_scores_the_unet_sigmoid(
+    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
+) -> None:
     unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8]}
     small = {"network_def": {**unet, "strides": [2]}, "eval_dir": str(tmp_path / "e")}
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", **small)
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", "baseline.yaml", **small)
     (tmp_path / "models").mkdir()
     torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
     seen: dict = {}
@@ -208,13 +213,15 @@ def _split_datalist(demo: Path, tmp: Path, with_test: bool = True) -> Path:
     return path
 
 
-def test_eval_split_test_scores_the_test_list(bundle_root: Path, demo_data: Path, tmp_path: Path) -> None:
+def test_eval_split_test_scores_the_test_list(
+    train_workflow: Callable[..., ConfigWorkflow], demo_data: Path, tmp_path: Path
+) -> None:
     split = _split_datalist(demo_data, tmp_path)
     test_cases = json.loads(split.read_text())["test"]
-    common = {"datalist": str(split), "eval_dir": str(tmp_path / "eval"), **EVAL}
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", **common)  # default: validation
+    common = {"datalist": str(split), "eval_dir": str(tmp_path / "eval"), **TINY_EVAL}
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", **common)  # default: validation
     assert len(wf.parser.get_parsed_content("validate#datalist")) == 5
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", **common)
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", **common)
     scored = wf.parser.get_parsed_content("validate#datalist")
     assert [Path(c["image"]).name for c in scored] == [Path(c["image"]).name for c in test_cases]
     (tmp_path / "models").mkdir()
@@ -235,13 +242,13 @@ def _chain(err: BaseException) -> str:
 
 
 def test_eval_split_bad_value_or_missing_section_is_a_clear_error(
-    bundle_root: Path, demo_data: Path, tmp_path: Path
+    train_workflow: Callable[..., ConfigWorkflow], demo_data: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(Exception) as err:
-        workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="testing")
+        train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_split="testing")
     assert "invalid setting: eval_split='testing' is invalid, expected one of 'validation', 'test'" in _chain(err.value)
     split = _split_datalist(demo_data, tmp_path, with_test=False)
-    wf = workflow(bundle_root, tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", datalist=str(split))
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_split="test", datalist=str(split))
     with pytest.raises(Exception) as err:
         wf.parser.get_parsed_content("validate#datalist")
     assert f"{split}: missing section 'test' in the datalist (list sections: 'training', 'validation')" in _chain(

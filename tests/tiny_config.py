@@ -26,3 +26,6 @@ TINY_TRAINING = {
     "ema_power": None,
     **{f"network_def#{k}": v for k, v in TINY_NET.items()},
 }
+
+# a fast evaluation (evaluate.yaml keys): 2 DDIM steps, 3 ensemble members, a 2-case grid
+TINY_EVAL = {"num_inference_steps": 2, "ensemble_size": 3, "sampler": "ddim", "grid_cases": 2}
