@@ -236,6 +236,6 @@ def load_datalist(
     **kwargs: Any,
 ) -> list[dict]:
     """One validated section with absolute paths, for bundle configs, e.g.
-    ``"$scripts.data.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)"``.
+    ``"$scripts.validation.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)"``.
     ``kwargs`` go to :func:`validate_datalist`."""
     return validate_datalist(datalist, dataset_dir, num_classes, spatial_dims, keys=(key,), **kwargs)[key]
