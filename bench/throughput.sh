@@ -21,10 +21,14 @@ $PY bench/bench_train_step.py --preset paper --size 256 --batch 8 --groups 2 --a
   --json "$OUT/step_paper256.json" | tail -4
 $PY bench/bench_train_step.py --preset paper --size 256 --batch 8 --bundle "$OLD/bundle" --variants v2 --repeats 2 \
   | tail -1
-echo "== 10-sample DDPM-10 ensemble of one 256x256 slice, paper preset, bf16 (older code, this code, this code + THP)"
-for run in "old:$OLD" "new:$PWD" "new_thp:$PWD"; do
+echo "== 10-sample DDPM-10 ensemble of one 256x256 slice, paper preset, bf16 (older code; this code: as is, with torch's"
+echo "   transparent-huge-page allocations, with glibc keeping freed memory in its heap, both)"
+HEAP="GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+for run in "old:$OLD" "new:$PWD" "new_thp:$PWD" "new_heap:$PWD" "new_heap_thp:$PWD"; do
   name=${run%%:*}; root=${run#*:}; env=""
   [ "$name" = new_thp ] && env="THP_MEM_ALLOC_ENABLE=1"
+  [ "$name" = new_heap ] && env="$HEAP"
+  [ "$name" = new_heap_thp ] && env="$HEAP THP_MEM_ALLOC_ENABLE=1"
   env $env /usr/bin/time -f "$name: %e s wall, %U s user, %S s system, %R minor page faults, %M KiB peak RSS" \
     $PY "$root/bench/bench_sampling.py" --preset paper --size 256 --ensemble 10 --settings ddpm:10 \
     --modes cached-bf16 --repeats 2 2>&1 | grep -a "ddpm\|page faults"
@@ -38,5 +42,5 @@ for cfg in "v2:'configs/train.yaml','configs/quick.yaml'" "unet:'configs/train.y
     --train#trainer#epoch_length 20 --val_interval 100000 --time_budget_s "$BUDGET" --run_name "throughput_$name" \
     > "$OUT/bundle_$name.log" 2>&1
   echo "$name: $(grep -a 'time budget' "$OUT/bundle_$name.log" | tail -1 | sed 's/.*INFO - //')"
-  grep -a "waiting for data" "$OUT/bundle_$name.log" | tail -1 | sed 's/.*INFO - //'
+  grep -a "waiting for data" "$OUT/bundle_$name.log" | sed 's/.*INFO - //'
 done
