@@ -8,6 +8,7 @@
 set -u
 ITERS=${ITERS:-400}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/groups_amp}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
+source "$(dirname "$0")/parallel_runs.sh"
 cd bundle
 run() {  # name "overrides"
   local s; s=$(date +%s)
@@ -17,13 +18,7 @@ run() {  # name "overrides"
     --run_name "groups_amp_$1" $2 > "$R/$1.log" 2>&1
   echo "$1 rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
 }
-i=0
-for spec in "$@"; do
-  run "${spec%%:*}" "${spec#*:}" &
-  i=$((i + 1))
-  if [ $((i % PAR)) -eq 0 ]; then wait; fi
-done
-wait
+run_specs "$PAR" "$@"
 cat "$R/summary.txt"
 echo "| run | iterations | mean L_n | val Dice | val anchor Dice | val image reliance |"
 echo "|---|---:|---:|---:|---:|---:|"

@@ -9,6 +9,7 @@
 set -u
 BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/study}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; DATA=${DATA:-isic}; VAL=${VAL:-4}; RELIANCE=${RELIANCE:-True}; mkdir -p "$R"
+source "$(dirname "$0")/parallel_runs.sh"
 cd bundle
 SPL=$PWD/docs/splits
 if [ "$DATA" = isic ]; then
@@ -32,10 +33,4 @@ run() {  # name "overrides"
     --preset small --num_workers 0 $over $EVAL --run_name "study_$name" > "$R/$name.eval.log" 2>&1
   echo "$name eval rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
 }
-i=0
-for spec in "$@"; do
-  run "${spec%%:*}" "${spec#*:}" &
-  i=$((i + 1))
-  if [ $((i % PAR)) -eq 0 ]; then wait; fi
-done
-wait
+run_specs "$PAR" "$@"
