@@ -10,6 +10,7 @@ the diffusion denoiser may still sample poor masks. Binary (one class) only. Fro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--cases", type=int, default=None, help="first N validation cases")
     args = ap.parse_args()
+    args.weights = str(Path(args.weights).resolve())
+    args.dataset_dir = str(Path(args.dataset_dir).resolve())
+    args.datalist = str(Path(args.datalist).resolve())
+    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
     parser.update({"bundle_root": str(BUNDLE), "num_workers": 0, "cache_rate": 0.0})

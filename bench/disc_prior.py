@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def main() -> None:
     ap.add_argument("--fit_cases", type=int, default=400, help="training cases used to choose the radius")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    args.dataset_dir = str(Path(args.dataset_dir).resolve())
+    args.datalist = str(Path(args.datalist).resolve())
+    args.json = args.json.resolve() if args.json else None
+    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
     parser.update(

@@ -15,7 +15,7 @@ cd bundle
 SPL=${SPL:-$PWD/docs/splits}
 ISIC="--dataset_dir $D/isic2018_task1_256 --datalist $SPL/isic2018_split.json --roi_size 128 --batch_size 32"
 HIP="--dataset_dir $D/msd_hippocampus --datalist $SPL/msd_hippocampus_split.json --roi_size 64 --batch_size 8 --slices_per_volume 4"
-COMMON="--num_workers $NW --epochs 100000 --val_steps 10 --ema_momentum 0.0001 --time_budget_s $BUDGET"
+COMMON="--num_workers $NW --epochs 100000 --num_inference_steps 10 --ema_momentum 0.0001 --time_budget_s $BUDGET"
 EXTRA=${EXTRA:-}
 train() {  # name configs args...
   local name=$1 cfg=$2; shift 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,11 @@ def main() -> None:
     ap.add_argument("--fusion", default="staple")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    args.weights = str(Path(args.weights).resolve())
+    args.dataset_dir = str(Path(args.dataset_dir).resolve())
+    args.datalist = str(Path(args.datalist).resolve())
+    args.json = args.json.resolve() if args.json else None
+    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
 
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / "train.yaml")] + [str(BUNDLE / "configs" / o) for o in args.overlays])

@@ -3,9 +3,10 @@ workflows built from its configs as `monai.bundle run` builds them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,16 @@ BUNDLE = REPO / "bundle"
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_bundle_root() -> Iterator[None]:
+    """Tests run from the bundle root, as `monai.bundle run` does: the training configs' ``%configs/...`` macros
+    resolve against the working directory."""
+    previous = Path.cwd()
+    os.chdir(BUNDLE)
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, NibabelReader, list_data_collate
+from monai.transforms import Compose
 from PIL import Image
 
 import scripts.data as data
@@ -264,19 +265,18 @@ def test_split_cases() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # transforms and the chains
 # ----------------------------------------------------------------------------------------------------------------------
-def test_normalize_intensity_by_modality() -> None:
+def test_intensity_by_modality() -> None:
+    """inference.yaml's intensity table, which every chain uses: each modality to [0, 1]."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    intensity = parser.get_parsed_content("intensity")
     ct = torch.tensor([[-2000.0, -1000.0, 0.0, 1000.0, 3000.0]])
-    out = data.NormalizeIntensityByModalityd("x", "ct")({"x": ct})["x"]
-    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 0.5, 1.0, 1.0]]))
-    out = data.NormalizeIntensityByModalityd("x", "CT", a_min=0, a_max=100)({"x": ct})["x"]
-    assert torch.allclose(out, torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]]))
+    assert torch.allclose(intensity["ct"]({"image": ct})["image"], torch.tensor([[0.0, 0.0, 0.5, 1.0, 1.0]]))
     mr = torch.cat([torch.arange(1000.0), torch.tensor([1e6])])[None]
-    out = data.NormalizeIntensityByModalityd("x", "mr")({"x": mr})["x"]
+    out = intensity["mr"]({"image": mr})["image"]
     assert out.min() == 0 and out.max() == 1 and out[0, 500] == pytest.approx(0.5, abs=0.01)  # outlier clipped
     rgb = torch.tensor([[[0.0, 51.0, 255.0]]]).repeat(3, 1, 1)
-    assert torch.allclose(data.NormalizeIntensityByModalityd("x", "rgb")({"x": rgb})["x"], rgb / 255)
-    with pytest.raises(ValueError, match="modality must be one of"):
-        data.NormalizeIntensityByModalityd("x", "pet")
+    assert torch.allclose(intensity["rgb"]({"image": rgb})["image"], rgb / 255)
 
 
 def test_label_to_one_hot() -> None:
@@ -292,13 +292,16 @@ def test_label_to_one_hot() -> None:
         data.LabelToOneHotd("y", num_classes=1)({"y": binary.repeat(2, 1, 1)})
 
 
-def test_binarize_label() -> None:
-    mask = torch.tensor([[[0, 255], [255, 0]]], dtype=torch.uint8)
-    out = data.BinarizeLabeld("y", num_classes=1)({"y": mask})["y"]
-    assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
-    assert torch.equal(data.BinarizeLabeld("y", num_classes=1)({"y": out})["y"], out)
-    multi = torch.tensor([[[0, 1], [2, 0]]])
-    assert data.BinarizeLabeld("y", num_classes=2)({"y": multi})["y"] is multi
+def test_binary_labels_become_0_1_and_multi_class_labels_pass(demo_data: Path) -> None:
+    """train.yaml's label_transforms before the one-hot step: 0/255 masks -> 0/1; label maps unchanged."""
+    mask = torch.tensor([[[0.0, 255.0], [255.0, 0.0]]])
+    binary = Compose(build_config(demo_data / "isic", num_classes=1).get_parsed_content("label_transforms"))
+    out = binary({"label": mask})["label"]
+    assert torch.equal(out, torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+    assert torch.equal(binary({"label": out})["label"], out)
+    multi = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])
+    labels = Compose(build_config(demo_data / "isic", num_classes=2).get_parsed_content("label_transforms"))
+    assert torch.equal(labels({"label": multi})["label"][:, 0, 1], torch.tensor([1.0, 0.0]))  # one-hot of class 1
 
 
 def test_3d_chain_with_cache_dataset(demo_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

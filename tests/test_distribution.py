@@ -85,7 +85,7 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
         "num_workers": 0,
         "epochs": 2,
         "val_interval": 2,
-        "val_steps": 2,
+        "num_inference_steps": 2,
         "ema_momentum": 0.1,
         "ema_power": None,
         **NET,
@@ -170,8 +170,8 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     # the weights loader checks large_files.yml; unknown --keys are rejected (both as the YAML lines proposed for
     # inference.yaml), which must let every override of this command through
     checked = {
-        "handlers#0#_target_": "scripts.weights.VerifiedWeightsLoader",
-        "handlers#0#large_files": "$@bundle_root + '/large_files.yml'",
+        "weights_loader#_target_": "scripts.weights.VerifiedWeightsLoader",
+        "weights_loader#large_files": "$@bundle_root + '/large_files.yml'",
         "+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}],
     }
     (tmp_path / "checked.yaml").write_text(yaml.safe_dump(checked))

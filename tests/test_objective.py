@@ -214,9 +214,7 @@ def reliance(net: nn.Module, sched) -> float:
     image, truth = masks_and_images()
     dataset = DonorDataset([{"image": im} for im in image], seed=0)
     donor = torch.stack([dataset[i]["donor"] for i in range(len(dataset))])
-    inferer = DiffusionSegmentationInferer(
-        sched, num_inference_steps=10, ensemble_size=2, fusion="mean", diagnostics=True
-    )
+    inferer = DiffusionSegmentationInferer(sched, num_inference_steps=10, ensemble_size=2, fusion="mean")
     out = inferer(image, net, donor=donor)
     scores = {}
     for key in ("pred", "pred_swapped", "anchor"):
@@ -271,7 +269,7 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         roi_size=32,
         epochs=1,
         val_interval=1,
-        val_steps=2,
+        num_inference_steps=2,
         prediction_type="sample",
         snr_gamma=5.0,
         concat_anchor=True,

@@ -8,8 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -89,40 +90,41 @@ def test_overlays_set_only_run_name_not_the_directories(bundle_root: Path) -> No
         assert "run_name" in content and not {"ckpt_dir", "output_dir", "eval_dir"} & set(content), overlay
 
 
-def test_inference_and_evaluation_define_their_sampling_stack_alike(bundle_root: Path) -> None:
-    """inference.yaml and the train.yaml + evaluate.yaml family each name the sampling stack (a ``%configs/...`` macro
-    would resolve against the working directory, and the configs are also loaded by absolute path): the sampler
-    table, the inferer's shared arguments, the weights check and the fusion stay the same."""
+def _targets(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def test_each_config_block_is_defined_once(bundle_root: Path) -> None:
+    """The image chain (one per data kind), the sampling stack, the fusion, the weights check and the Dice metric
+    are written once; the other configs take them with ``%`` macros. The network is written in both entry configs
+    (train.yaml and inference.yaml, so that ``--network_def#<arg>`` overrides work) and the two must agree."""
     configs = bundle_root / "configs"
-    infer, evaluate = ConfigParser(), ConfigParser()
-    infer.read_config(str(configs / "inference.yaml"))
-    evaluate.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
-    assert infer["scheduler"] == evaluate["validate#scheduler"]
-    assert infer["scheduler"]["_target_"] == "scripts.schedulers.make_scheduler"
-    shared = {
-        "num_inference_steps",
-        "ensemble_size",
-        "fusion",
-        "seed",
-        "slice_batch",
-        "autocast_dtype",
-        "channels_last",
+    raw = {p.relative_to(configs).as_posix(): yaml.safe_load(p.read_text()) for p in configs.rglob("*.yaml")}
+    where: dict[str, list[str]] = {}
+    for name, content in raw.items():
+        for target in _targets(content):
+            where.setdefault(target, []).append(name)
+    once = {
+        "scripts.schedulers.make_scheduler": ["inference.yaml"],
+        "scripts.sampling.DiffusionSegmentationInferer": ["inference.yaml"],
+        "scripts.fusion.EnsembleFusiond": ["inference.yaml"],
+        "scripts.weights.VerifiedWeightsLoader": ["inference.yaml"],
+        "DiceMetric": ["train.yaml"],
+        "LoadImaged": ["inference.yaml", "inference_volume.yaml"],
+        "Resized": ["inference.yaml", "inference_volume.yaml"],
+        "ScaleIntensityRangePercentilesd": ["inference.yaml"],
+        "scripts.networks.MedSegDiffV2": ["inference.yaml", "train.yaml"],
     }
-    assert {k: infer["inferer"][k] for k in shared} == {k: evaluate["validate#inferer"][k] for k in shared}
-    assert infer["inferer"]["start_t"] == evaluate["validate#inferer"]["start_t"] == "@sample_start_t"
-
-    def component(items: list, target: str, **where: str) -> dict:
-        found = [i for i in items if i["_target_"].endswith(target) and all(i[k] == v for k, v in where.items())]
-        assert len(found) == 1, (target, found)
-        return found[0]
-
-    loader = "VerifiedWeightsLoader"
-    assert component(infer["handlers"], loader) == component(evaluate["validate#handlers"], loader)
-    fusions = (infer["postprocessing#transforms"], evaluate["validate#postprocessing#transforms"])
-    fusion = [component(c, "EnsembleFusiond", keys="pred") for c in fusions]
-    assert [{k: v for k, v in f.items() if k != "samples_key"} for f in fusion[1:]] == [
-        {k: v for k, v in fusion[0].items() if k != "samples_key"}
-    ]  # evaluation always keeps the samples (for its diversity metrics)
+    assert {t: sorted(where.get(t, [])) for t in once} == once
+    train_net = {k: v for k, v in raw["train.yaml"]["network_def"].items() if k != "filter_checkpointing"}
+    assert train_net == raw["inference.yaml"]["network_def"]
 
 
 def test_quick_overlay_stops_on_a_wall_clock_budget_with_epochs_as_an_upper_bound(bundle_root: Path) -> None:
@@ -150,7 +152,18 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
             bundle_root,
             "--config_file",
             "['configs/train.yaml','configs/quick.yaml']",
-            *("--run_name", name, "--roi_size", "32", "--epochs", "1", "--val_interval", "1", "--val_steps", "2"),
+            *(
+                "--run_name",
+                name,
+                "--roi_size",
+                "32",
+                "--epochs",
+                "1",
+                "--val_interval",
+                "1",
+                "--num_inference_steps",
+                "2",
+            ),
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         weights = f"runs/{name}/models/model.pt"

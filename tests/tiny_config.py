@@ -21,7 +21,7 @@ TINY_TRAINING = {
     "num_workers": 0,
     "epochs": 1,
     "val_interval": 1,
-    "val_steps": 2,
+    "num_inference_steps": 2,
     "ema_momentum": 0.1,
     "ema_power": None,
     **{f"network_def#{k}": v for k, v in TINY_NET.items()},

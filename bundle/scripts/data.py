@@ -5,14 +5,12 @@ use them; the code lives by job in :mod:`.datalist` (sources), :mod:`.readers` (
 from .datalist import find_folder_cases, split_cases
 from .errors import DataValidationError
 from .inputs import load_images
-from .transforms import BinarizeLabeld, LabelToOneHotd, NormalizeIntensityByModalityd
+from .transforms import LabelToOneHotd
 from .validation import load_datalist, validate_datalist
 
 __all__ = [
-    "BinarizeLabeld",
     "DataValidationError",
     "LabelToOneHotd",
-    "NormalizeIntensityByModalityd",
     "find_folder_cases",
     "load_datalist",
     "load_images",

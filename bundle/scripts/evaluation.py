@@ -100,7 +100,8 @@ class OverlayGridSaver:
 
 class EnsembleCurveSaver:
     """Writes the ensemble curve of ``metric_name`` (an ``EnsembleDiceCurveMetric`` whose per-case details are kept)
-    as ``filename`` (columns ensemble_size, mean_dice, std_dice, cases) in ``output_dir``."""
+    as ``filename`` (columns ensemble_size, mean_dice, std_dice, cases) in ``output_dir``. Not a second
+    ``MetricsSaver``: its summary would label the ensemble sizes class0..classN-1."""
 
     def __init__(
         self, output_dir: str | Path, metric_name: str = "ensemble_dice", filename: str = "ensemble_curve.csv"

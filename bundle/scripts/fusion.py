@@ -116,7 +116,8 @@ class EnsembleFusiond(MapTransform):
 
     Output: ``keys`` -> (1, *spatial) uint8 labels 0..K; ``uncertainty_key`` -> (1, *spatial) float32, the entropy in
     bits of the ensemble's per-pixel foreground frequency (maximum over classes; 0 = all members agree); with
-    ``samples_key`` the individual samples are kept as (N, *spatial) label maps.
+    ``samples_key`` the individual samples are kept as (N, *spatial) label maps. With several ``keys`` (e.g. the
+    ensemble drawn with another case's condition), the uncertainty and the samples are those of the first key.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class EnsembleFusiond(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
+        for i, key in enumerate(self.key_iterator(d)):
             pred = d[key]
             arr = torch.as_tensor(pred).detach().cpu().numpy()
             if arr.shape[0] % self.ensemble_size:
@@ -147,6 +148,8 @@ class EnsembleFusiond(MapTransform):
                 )
             samples = (arr > 0.5).reshape(self.ensemble_size, -1, *arr.shape[1:]).astype(np.uint8)
             d[key] = self._like(pred, fuse(samples, self.method, self.staple_max_iterations)[None])
+            if i > 0:
+                continue
             if self.uncertainty_key:
                 entropy = binary_entropy(samples.mean(0)).max(0)[None].astype(np.float32)
                 d[self.uncertainty_key] = self._like(pred, entropy)

@@ -46,8 +46,10 @@ class DiffusionSegmentationInferer(Inferer):
         start_t: anchor-initialised sampling: start the reverse chain at the last sampling timestep <= ``start_t``
             from q(x_t | anchor), the Condition Model's anchor mask noised to t, instead of from pure noise at T
             (``None``). Fewer steps run: only those below ``start_t``.
-        diagnostics: also return the anchor mask (``"anchor"``) and the samples drawn with another case's condition
-            (``"pred_swapped"``, same noise; the other case's image comes as ``donor``) next to ``"pred"``.
+
+    Called with ``donor`` (another case's image, e.g. from ``DonorPrepareBatch``), it also returns the anchor mask
+    (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same noise) next to ``"pred"``:
+    the image-reliance diagnostic.
     """
 
     def __init__(
@@ -64,7 +66,6 @@ class DiffusionSegmentationInferer(Inferer):
         progress: bool = False,
         channels_last: bool = False,
         start_t: int | None = None,
-        diagnostics: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -81,7 +82,6 @@ class DiffusionSegmentationInferer(Inferer):
         self.progress = progress
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.start_t = start_t
-        self.diagnostics = diagnostics
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -148,9 +148,9 @@ class DiffusionSegmentationInferer(Inferer):
         return samples.flatten(1, 2)
 
     def _sample_2d(
-        self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None
+        self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None, diagnostics: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        if not self.diagnostics:
+        if not diagnostics:
             return self._fuse(self.sample(image, network, generator))
         image, donor = image.chunk(2, dim=1)  # the donor case's image rides along as extra channels
         own = self.condition(image, network)
@@ -165,16 +165,15 @@ class DiffusionSegmentationInferer(Inferer):
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, donor: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """``donor``: another case's image (same channels and in-plane size; a volume's depth is matched by nearest
-        slice), required with ``diagnostics``."""
+        slice) for the image-reliance diagnostic."""
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
-        if self.diagnostics:
-            if donor is None:
-                raise ValueError("diagnostics=True needs the donor image of another case (donor=...).")
+        diagnostics = donor is not None
+        if diagnostics:
             inputs = torch.cat([inputs, _match_depth(donor.to(inputs), inputs.shape, self.slice_axis)], dim=1)
         if inputs.ndim == 4:
-            return self._sample_2d(inputs, network, generator)
+            return self._sample_2d(inputs, network, generator, diagnostics)
         if inputs.ndim != 5:
             raise ValueError(f"Expected a 2D (B, C, H, W) or 3D (B, C, H, W, D) batch, got {tuple(inputs.shape)}.")
         in_plane = [s for i, s in enumerate(inputs.shape[2:]) if i != self.slice_axis]
@@ -185,4 +184,4 @@ class DiffusionSegmentationInferer(Inferer):
             overlap=0.0,
             progress=self.progress,
         )
-        return slicer(inputs, lambda x: self._sample_2d(x, network, generator))
+        return slicer(inputs, lambda x: self._sample_2d(x, network, generator, diagnostics))

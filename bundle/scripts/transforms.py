@@ -1,4 +1,4 @@
-"""The bundle's dictionary transforms, named in the configs' transform chains next to MONAI's."""
+"""The bundle's dictionary transform, named in the configs' transform chains next to MONAI's."""
 
 from __future__ import annotations
 
@@ -7,67 +7,14 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import AsDiscrete, MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles
-
-
-class NormalizeIntensityByModalityd(MapTransform):
-    """Scale intensities to [0, 1] by modality, with MONAI transforms:
-
-    - ``"ct"``: window ``[a_min, a_max]`` HU (clipped), ``ScaleIntensityRange``;
-    - ``"mr"``: per-channel percentiles ``[lower, upper]`` (clipped), ``ScaleIntensityRangePercentiles``;
-    - ``"rgb"``: divide by 255 (8-bit photographs such as dermoscopy).
-    """
-
-    MODALITIES = ("ct", "mr", "rgb")
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        modality: str,
-        a_min: float = -1000.0,
-        a_max: float = 1000.0,
-        lower: float = 0.5,
-        upper: float = 99.5,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.modality = modality.lower()
-        if self.modality == "ct":
-            self.scaler = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)
-        elif self.modality == "mr":
-            self.scaler = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True, channel_wise=True)
-        elif self.modality == "rgb":
-            self.scaler = ScaleIntensityRange(0.0, 255.0, 0.0, 1.0, clip=True)
-        else:
-            raise ValueError(f"modality must be one of {self.MODALITIES}, got {modality!r}")
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key])
-        return d
-
-
-class BinarizeLabeld(MapTransform):
-    """For binary tasks (``num_classes == 1``) map any label value >= 0.5 to 1 (``AsDiscrete(threshold=0.5)``), so 0/255
-    and 0/1 masks both become 0/1 float32; multi-class label maps (``num_classes > 1``) pass through unchanged."""
-
-    def __init__(self, keys: KeysCollection, num_classes: int = 1, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.binarize = AsDiscrete(threshold=0.5) if num_classes == 1 else None
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.binarize is not None:
-            for key in self.key_iterator(d):
-                d[key] = self.binarize(d[key])
-        return d
+from monai.transforms import AsDiscrete, MapTransform
 
 
 class LabelToOneHotd(MapTransform):
     """Integer label map ``(1, *spatial)`` -> ``(num_classes, *spatial)`` float32 {0, 1}: one channel per FOREGROUND
     class (``AsDiscrete(to_onehot=num_classes + 1)`` without the background channel). ``num_classes=1`` gives the
-    binary mask."""
+    binary mask. Not ``AsDiscreted`` alone: it keeps the background channel and accepts out-of-range values silently.
+    """
 
     def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -3,7 +3,7 @@ the file and the problem, instead of failing hours into a run.
 
 Label value rule: with ``num_classes`` foreground classes a label map must hold integers in ``[0, num_classes]``.
 For binary tasks (``num_classes == 1``) and ``binary_255=True`` the value 255 is also accepted as foreground
-(8-bit 0/255 masks such as ISIC); the preprocessing must then map it to 1 with ``BinarizeLabeld``
+(8-bit 0/255 masks such as ISIC); the preprocessing must then map it to 1 (train.yaml's ``label_transforms``)
 (or ``MapLabelValued(keys="label", orig_labels=[255], target_labels=[1])``); both are no-ops on 0/1 masks.
 """
 
