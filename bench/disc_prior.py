@@ -1,10 +1,15 @@
-"""The no-image prior: Dice of the best fixed centred disc, the score a segmenter must beat to show it uses the image.
+"""The no-image prior: Dice of the best fixed shape, the score a segmenter must beat to show it uses the image.
 
-The radius is chosen on the training cases (``--fit training``, honest) and scored on the validation cases; both
-are read through the bundle's own deterministic transform chain (configs/train.yaml), at the training ``roi_size``.
+2D: a centred disc, its radius chosen on the training cases and scored on the validation cases. Volumes
+(``--volume``): a fixed atlas, the mean one-hot training mask of each class on a common grid (in-plane ``roi_size``,
+the median depth), thresholded at the level that scores best on the training cases, resized to each validation
+volume's depth and scored on the whole volume. Both read the cases through the bundle's own preprocessing
+(configs/train.yaml, + volume.yaml), at the training ``roi_size``.
 
     python bench/disc_prior.py --dataset_dir ../shared/data/isic2018_task1_256 \
         --datalist bundle/docs/splits/isic2018_split.json --roi_size 64 --fit_cases 400
+    python bench/disc_prior.py --volume --dataset_dir ../shared/data/msd_hippocampus \
+        --datalist bundle/docs/splits/msd_hippocampus_split.json --roi_size 64 --fit_cases 200
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
@@ -24,11 +30,11 @@ from monai.bundle import ConfigParser  # noqa: E402
 from monai.metrics import DiceMetric  # noqa: E402
 
 
-def masks(parser: ConfigParser, section: str, limit: int | None) -> torch.Tensor:
-    """(N, K, H, W) one-hot truth of ``section`` through the bundle's validation preprocessing."""
+def masks(parser: ConfigParser, section: str, limit: int | None) -> list[torch.Tensor]:
+    """The (K, *spatial) one-hot truth of each case of ``section`` through the bundle's validation preprocessing."""
     data = parser.get_parsed_content(f"{section}#datalist")[:limit]
     transform = parser.get_parsed_content("validate#preprocessing")
-    return torch.stack([transform(item)["label"].as_tensor() for item in data])
+    return [transform(item)["label"].as_tensor() for item in data]
 
 
 def disc(size: int, radius: float) -> torch.Tensor:
@@ -42,12 +48,59 @@ def dice_of(prior: torch.Tensor, truth: torch.Tensor) -> float:
     return metric.aggregate().item()
 
 
+def to_depth(volume: torch.Tensor, depth: int, mode: str) -> torch.Tensor:
+    """(K, H, W, D) -> (K, H, W, depth)."""
+    return F.interpolate(volume[None].float(), size=(*volume.shape[1:3], depth), mode=mode)[0]
+
+
+def atlas_prior(fit: list[torch.Tensor], val: list[torch.Tensor]) -> dict:
+    """The best fixed atlas (see the module docstring): its threshold chosen on ``fit``, its Dice on ``val``."""
+    depth = int(torch.tensor([m.shape[-1] for m in fit]).median())
+    atlas = torch.stack([to_depth(m, depth, "trilinear") for m in fit]).mean(0)
+
+    def score(threshold: float, cases: list[torch.Tensor]) -> float:
+        metric = DiceMetric(include_background=True, ignore_empty=False)
+        for truth in cases:
+            metric((to_depth(atlas, truth.shape[-1], "trilinear") >= threshold).float()[None], truth[None])
+        return metric.aggregate().item()
+
+    thresholds = [t / 20 for t in range(1, 20)]
+    fit_scores = {t: score(t, fit) for t in thresholds}
+    best = max(fit_scores, key=fit_scores.get)
+    return {
+        "atlas_depth": depth,
+        "threshold_fit_on_training": best,
+        "training_cases": len(fit),
+        "validation_cases": len(val),
+        "validation_dice": round(score(best, val), 4),
+    }
+
+
+def disc_prior(fit: list[torch.Tensor], val: list[torch.Tensor], size: int) -> dict:
+    """The best centred disc: its radius chosen on ``fit``, its Dice on ``val``."""
+    fit_t, val_t = torch.stack(fit), torch.stack(val)
+    radii = [r / 2 for r in range(2, size + 1)]
+    fit_scores = {r: dice_of(disc(size, r), fit_t) for r in radii}
+    best = max(fit_scores, key=fit_scores.get)
+    val_scores = {r: dice_of(disc(size, r), val_t) for r in radii}
+    oracle = max(val_scores, key=val_scores.get)
+    return {
+        "radius_fit_on_training": best,
+        "training_cases": len(fit),
+        "validation_cases": len(val),
+        "validation_dice": round(val_scores[best], 4),
+        "best_radius_on_validation": oracle,
+        "validation_dice_at_that_radius": round(val_scores[oracle], 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", required=True)
     ap.add_argument("--datalist", required=True)
     ap.add_argument("--roi_size", type=int, default=64)
     ap.add_argument("--fit_cases", type=int, default=400, help="training cases used to choose the radius")
+    ap.add_argument("--volume", action="store_true", help="3D volumes (configs/volume.yaml): the atlas prior")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.dataset_dir = str(Path(args.dataset_dir).resolve())
@@ -55,7 +108,7 @@ def main() -> None:
     args.json = args.json.resolve() if args.json else None
     os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
+    parser.read_config([str(BUNDLE / "configs" / c) for c in ["train.yaml"] + (["volume.yaml"] if args.volume else [])])
     parser.update(
         {
             "bundle_root": str(BUNDLE),
@@ -65,19 +118,7 @@ def main() -> None:
         }
     )
     fit, val = masks(parser, "train", args.fit_cases), masks(parser, "validate", None)
-    radii = [r / 2 for r in range(2, args.roi_size + 1)]
-    fit_scores = {r: dice_of(disc(args.roi_size, r), fit) for r in radii}
-    best = max(fit_scores, key=fit_scores.get)
-    val_scores = {r: dice_of(disc(args.roi_size, r), val) for r in radii}
-    oracle = max(val_scores, key=val_scores.get)
-    result = {
-        "radius_fit_on_training": best,
-        "training_cases": len(fit),
-        "validation_cases": len(val),
-        "validation_dice": round(val_scores[best], 4),
-        "best_radius_on_validation": oracle,
-        "validation_dice_at_that_radius": round(val_scores[oracle], 4),
-    }
+    result = atlas_prior(fit, val) if args.volume else disc_prior(fit, val, args.roi_size)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
