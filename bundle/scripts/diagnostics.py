@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.engines.utils import PrepareBatch, default_prepare_batch
 from monai.transforms import MapTransform
 from torch.utils.data import Dataset
 
@@ -48,21 +47,6 @@ class DonorDataset(Dataset):
         item = dict(self.dataset[index])
         item["donor"] = self.dataset[self.donors[index]][self.image_key]
         return item
-
-
-class DonorPrepareBatch(PrepareBatch):
-    """(image, label, (), {"donor": the donor images}) for ``DiffusionSegmentationInferer(diagnostics=True)``."""
-
-    def __call__(
-        self,
-        batchdata: Mapping[str, torch.Tensor],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-        donor = batchdata["donor"].to(device=device, non_blocking=non_blocking)
-        return image, label, (), {"donor": donor}
 
 
 class UnpackPredictiond(MapTransform):

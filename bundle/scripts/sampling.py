@@ -47,9 +47,9 @@ class DiffusionSegmentationInferer(Inferer):
             from q(x_t | anchor), the Condition Model's anchor mask noised to t, instead of from pure noise at T
             (``None``). Fewer steps run: only those below ``start_t``.
 
-    Called with ``donor`` (another case's image, e.g. from ``DonorPrepareBatch``), it also returns the anchor mask
-    (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same noise) next to ``"pred"``:
-    the image-reliance diagnostic.
+    Called with ``donor``, another case's image (``PrepareBatchExtraInput({"donor": "donor"})`` passes it), it also
+    returns the anchor mask (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same
+    noise) next to ``"pred"``: the image-reliance diagnostic.
     """
 
     def __init__(
