@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Same wall-clock budget for V2 and the UNet baseline on a CPU (docs/results.md): both train at once on the ISIC split
+# (ROI x ROI, batch 8, the small V2 preset with train.yaml's defaults; configs/baseline.yaml), each pinned to its own
+# core with one torch thread, for BUDGET seconds, into runs/<NAME>_v2 and runs/<NAME>_unet; validation every VAL
+# epochs of 50 iterations picks model.pt. RESUME=True continues both runs from their latest checkpoints (a further
+# BUDGET seconds each), so a long budget can be spread over several sittings.
+# Usage, from the repository root: BUDGET=7200 ROI=128 bash bench/same_budget.sh   (then RESUME=True ... to continue)
+set -u
+BUDGET=${BUDGET:-3600}; ROI=${ROI:-128}; NAME=${NAME:-same_budget_isic$ROI}; VAL=${VAL:-10}; RESUME=${RESUME:-False}
+D=${D:-$PWD/../shared/data}; R=${R:-/tmp/$NAME}; PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
+cd bundle
+ISIC="--dataset_dir $D/isic2018_task1_256 --datalist $PWD/docs/splits/isic2018_split.json --roi_size $ROI"
+COMMON="--batch_size 8 --num_workers 0 --preset small --epochs 100000 --train#trainer#epoch_length 50"
+COMMON="$COMMON --val_interval $VAL --time_budget_s $BUDGET --resume $RESUME"
+train() {  # core name configs
+  local s; s=$(date +%s)
+  OMP_NUM_THREADS=1 taskset -c "$1" $PY -m monai.bundle run --config_file "$3" $ISIC $COMMON --run_name "${NAME}_$2" \
+    >> "$R/$2.train.log" 2>&1
+  echo "$2 train rc=$? wall=$(( $(date +%s) - s ))s resume=$RESUME" >> "$R/summary.txt"
+}
+train 0 v2 "['configs/train.yaml']" &
+train 1 unet "['configs/train.yaml','configs/baseline.yaml']" &
+wait
