@@ -16,6 +16,7 @@ from monai.networks.nets import UNet
 from PIL import Image
 from tiny_config import TINY_EVAL
 
+from scripts.evaluation import OverlayGridSaver, case_dice
 from scripts.metrics import (
     DiceConfidenceIntervalMetric,
     EnsembleDiceCurveMetric,
@@ -232,3 +233,18 @@ def test_staple_on_disagreeing_noise_masks_stops_at_the_iteration_cap() -> None:
     with pytest.warns(UserWarning, match="did not converge in 20 iterations"):
         fused = staple_binary(noise, max_iterations=20)
     assert fused.shape == (64, 64) and set(np.unique(fused)) <= {0, 1}
+
+
+def test_overlay_grid_shows_the_best_and_the_worst_cases(tmp_path: Path) -> None:
+    truth = np.zeros((1, 16, 16), dtype=np.float32)
+    truth[:, 4:12, 4:12] = 1
+    saver = OverlayGridSaver(tmp_path, num_cases=2)
+    for shift in (0, 2, 6, 4):  # Dice falls as the prediction moves away from the truth
+        pred = np.roll(truth, shift, axis=2)
+        saver.rows.append(saver._row({"image": np.full((3, 16, 16), shift * 40.0), "label": truth, "pred": pred}))
+    chosen = saver._chosen()
+    assert [round(d, 3) for d, _ in chosen] == [1.0, round(case_dice(np.roll(truth, 6, axis=2), truth), 3)]
+    saver._write(None)
+    grid = np.asarray(Image.open(tmp_path / "overlay_grid.png"))
+    assert grid.shape[:2] == (2 * (16 + 2), 4 * 16)
+    assert case_dice(np.zeros_like(truth), np.zeros_like(truth)) == 1.0 and case_dice(truth, 1 - truth) == 0.0

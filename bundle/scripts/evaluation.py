@@ -1,5 +1,5 @@
-"""Evaluation handlers: a PNG grid of image / truth / prediction / uncertainty for a person to look at, and the
-ensemble curve (Dice against ensemble size) as a CSV."""
+"""Evaluation handlers: a PNG grid of image / truth / prediction / uncertainty for a person to look at (the best and
+the worst cases), and the ensemble curve (Dice against ensemble size) as a CSV."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .fusion import onehot_to_labels
 
@@ -40,17 +40,36 @@ def _overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def case_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over classes of the Dice of one case's one-hot (K, *spatial) masks; a class absent from both scores 1."""
+    scores = []
+    for p, t in zip(pred > 0.5, truth > 0.5, strict=True):
+        total = p.sum() + t.sum()
+        scores.append(1.0 if total == 0 else 2.0 * (p & t).sum() / total)
+    return float(np.mean(scores))
+
+
 class OverlayGridSaver:
-    """Writes ``filename`` in ``output_dir``: one row per case for the first ``num_cases`` cases, with the image, the
-    ground truth and the prediction drawn over it, and the uncertainty map (black = all samples agree). Volumes show
-    the slice along ``slice_axis`` with the most ground-truth foreground."""
+    """Writes ``filename`` in ``output_dir``: one row per case, with the image, the ground truth and the prediction
+    drawn over it, and the uncertainty map (black = all samples agree), the case's Dice written on the row. Volumes
+    show the slice along ``slice_axis`` with the most ground-truth foreground.
+
+    ``select``: ``"best_worst"`` shows the ``num_cases`` // 2 best and the rest worst cases by Dice (best first);
+    ``"first"`` the first ``num_cases`` cases."""
 
     def __init__(
-        self, output_dir: str | Path, num_cases: int = 4, filename: str = "overlay_grid.png", slice_axis: int = 2
+        self,
+        output_dir: str | Path,
+        num_cases: int = 4,
+        filename: str = "overlay_grid.png",
+        slice_axis: int = 2,
+        select: str = "best_worst",
     ) -> None:
+        if select not in ("best_worst", "first"):
+            raise ValueError(f"select must be 'best_worst' or 'first', got {select!r}")
         self.output_dir, self.num_cases, self.filename = Path(output_dir), num_cases, filename
-        self.slice_axis = slice_axis
-        self.rows: list[np.ndarray] = []
+        self.slice_axis, self.select = slice_axis, select
+        self.rows: list[tuple[float, np.ndarray]] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
@@ -60,11 +79,18 @@ class OverlayGridSaver:
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:
-            if len(self.rows) >= self.num_cases:
+            if self.select == "first" and len(self.rows) >= self.num_cases:
                 return
             self.rows.append(self._row(item))
 
-    def _row(self, item: dict) -> np.ndarray:
+    def _chosen(self) -> list[tuple[float, np.ndarray]]:
+        if self.select == "first" or len(self.rows) <= self.num_cases:
+            return self.rows[: self.num_cases]
+        ranked = sorted(self.rows, key=lambda r: -r[0])
+        best = self.num_cases // 2
+        return ranked[:best] + ranked[len(ranked) - (self.num_cases - best) :]
+
+    def _row(self, item: dict) -> tuple[float, np.ndarray]:
         def arr(key: str) -> np.ndarray | None:
             value = item.get(key)
             return None if value is None else torch.as_tensor(value).detach().cpu().float().numpy()
@@ -85,17 +111,22 @@ class OverlayGridSaver:
             tiles.append(np.repeat((np.clip(u, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1))
         else:
             tiles.append(np.zeros_like(rgb))
-        return np.concatenate(tiles, axis=1)
+        dice = case_dice(pred, label)
+        row = Image.fromarray(np.concatenate(tiles, axis=1))
+        ImageDraw.Draw(row).text((2, 1), f"Dice {dice:.2f}", fill=(255, 255, 0))
+        return dice, np.asarray(row)
 
     def _write(self, engine: Engine) -> None:
-        if not self.rows:
+        chosen = [row for _, row in self._chosen()]
+        if not chosen:
             return
-        width = max(r.shape[1] for r in self.rows)
-        rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in self.rows]
+        width = max(r.shape[1] for r in chosen)
+        rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in chosen]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / self.filename
         Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-        logger.info(f"overlay grid (image | truth | prediction | uncertainty) written to {path}")
+        which = "best and worst cases by Dice" if self.select == "best_worst" else "first cases"
+        logger.info(f"overlay grid (image | truth | prediction | uncertainty; {which}) written to {path}")
 
 
 class EnsembleCurveSaver:
