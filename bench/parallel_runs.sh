@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Sourced by the study scripts: run_specs PAR name:"overrides" ... calls the caller's `run name "overrides"` for each
-# spec in the background, PAR at a time, and waits for all of them.
+# spec in the background, keeping PAR of them running (a new one starts as soon as one ends), and waits for all.
 run_specs() {
-  local par=$1 i=0 spec
+  local par=$1 spec
   shift
   for spec in "$@"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$par" ]; do wait -n; done
     run "${spec%%:*}" "${spec#*:}" &
-    i=$((i + 1))
-    if [ $((i % par)) -eq 0 ]; then wait; fi
   done
   wait
 }
