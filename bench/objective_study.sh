@@ -11,7 +11,7 @@
 # repository root:
 #   BUDGET=900 PAR=2 THREADS=1 bash bench/objective_study.sh paper:"--prediction_type epsilon" hippocampus/x0:"..."
 set -u
-BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/study}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
+BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-$PWD/bundle/runs/study_logs}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; VAL=${VAL:-4}; HIPPO_VAL=${HIPPO_VAL:-100000}; HIPPO_EVAL=${HIPPO_EVAL:-False}
 RELIANCE=${RELIANCE:-True}; mkdir -p "$R"
 source "$(dirname "$0")/parallel_runs.sh"
