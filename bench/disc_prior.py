@@ -57,11 +57,12 @@ def atlas_prior(fit: list[torch.Tensor], val: list[torch.Tensor]) -> dict:
     """The best fixed atlas (see the module docstring): its threshold chosen on ``fit``, its Dice on ``val``."""
     depth = int(torch.tensor([m.shape[-1] for m in fit]).median())
     atlas = torch.stack([to_depth(m, depth, "trilinear") for m in fit]).mean(0)
+    at_depth = {d: to_depth(atlas, d, "trilinear") for d in {m.shape[-1] for m in fit + val}}  # resized once per depth
 
     def score(threshold: float, cases: list[torch.Tensor]) -> float:
         metric = DiceMetric(include_background=True, ignore_empty=False)
         for truth in cases:
-            metric((to_depth(atlas, truth.shape[-1], "trilinear") >= threshold).float()[None], truth[None])
+            metric((at_depth[truth.shape[-1]] >= threshold).float()[None], truth[None])
         return metric.aggregate().item()
 
     thresholds = [t / 20 for t in range(1, 20)]
