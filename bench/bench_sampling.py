@@ -103,8 +103,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd network (cached modes)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=1e9, help="skip settings whose estimate exceeds this")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="scripts.allocator.keep_freed_memory (glibc)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.keep_freed_memory:
+        from scripts.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -117,6 +122,7 @@ def main() -> None:
         "preset": args.preset,
         "size": args.size,
         "ensemble": args.ensemble,
+        "keep_freed_memory": args.keep_freed_memory,
     }
     print(json.dumps(info))
     # warm-up (oneDNN/cuDNN kernel selection) outside the timings

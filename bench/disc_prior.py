@@ -1,9 +1,9 @@
 """The no-image prior: Dice of the best fixed shape, the score a segmenter must beat to show it uses the image.
 
-2D: a centred disc, its radius chosen on the training cases and scored on the validation cases. Volumes
-(``--volume``): a fixed atlas, the mean one-hot training mask of each class on a common grid (in-plane ``roi_size``,
-the median depth), thresholded at the level that scores best on the training cases, resized to each validation
-volume's depth and scored on the whole volume. Both read the cases through the bundle's own preprocessing
+2D: a centred disc, its radius chosen on the training cases and scored on the validation (or ``--split test``)
+cases. Volumes (``--volume``): a fixed atlas, the mean one-hot training mask of each class on a common grid (in-plane
+``roi_size``, the median depth), thresholded at the level that scores best on the training cases, resized to each
+scored volume's depth and scored on the whole volume. Both read the cases through the bundle's own preprocessing
 (configs/train.yaml, + volume.yaml), at the training ``roi_size``.
 
     python bench/disc_prior.py --dataset_dir ../shared/data/isic2018_task1_256 \
@@ -72,8 +72,8 @@ def atlas_prior(fit: list[torch.Tensor], val: list[torch.Tensor]) -> dict:
         "atlas_depth": depth,
         "threshold_fit_on_training": best,
         "training_cases": len(fit),
-        "validation_cases": len(val),
-        "validation_dice": round(score(best, val), 4),
+        "scored_cases": len(val),
+        "scored_dice": round(score(best, val), 4),
     }
 
 
@@ -88,10 +88,10 @@ def disc_prior(fit: list[torch.Tensor], val: list[torch.Tensor], size: int) -> d
     return {
         "radius_fit_on_training": best,
         "training_cases": len(fit),
-        "validation_cases": len(val),
-        "validation_dice": round(val_scores[best], 4),
-        "best_radius_on_validation": oracle,
-        "validation_dice_at_that_radius": round(val_scores[oracle], 4),
+        "scored_cases": len(val),
+        "scored_dice": round(val_scores[best], 4),
+        "best_radius_on_scored_cases": oracle,
+        "scored_dice_at_that_radius": round(val_scores[oracle], 4),
     }
 
 
@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--roi_size", type=int, default=64)
     ap.add_argument("--fit_cases", type=int, default=400, help="training cases used to choose the radius")
     ap.add_argument("--volume", action="store_true", help="3D volumes (configs/volume.yaml): the atlas prior")
+    ap.add_argument("--split", default="validation", choices=["validation", "test"], help="the datalist section scored")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.dataset_dir = str(Path(args.dataset_dir).resolve())
@@ -116,10 +117,12 @@ def main() -> None:
             "dataset_dir": str(Path(args.dataset_dir).resolve()),
             "datalist": str(Path(args.datalist).resolve()),
             "roi_size": args.roi_size,
+            "validate#split": args.split,
         }
     )
     fit, val = masks(parser, "train", args.fit_cases), masks(parser, "validate", None)
-    result = atlas_prior(fit, val) if args.volume else disc_prior(fit, val, args.roi_size)
+    result = {"split": args.split}
+    result |= atlas_prior(fit, val) if args.volume else disc_prior(fit, val, args.roi_size)
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -44,17 +44,27 @@ def demo_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def committed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped ``models/model.pt`` as committed (git ``HEAD``), never what a local run left in the working tree;
-    the working-tree file where the bundle is not a git checkout (e.g. an unpacked package)."""
-    relative = (BUNDLE / "models" / "model.pt").relative_to(REPO).as_posix()
-    try:
-        blob = subprocess.run(["git", "show", f"HEAD:{relative}"], cwd=REPO, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return BUNDLE / "models" / "model.pt"
-    path = tmp_path_factory.mktemp("committed") / "model.pt"
-    path.write_bytes(blob)
-    return path
+def committed_file(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``committed_file("models/model.pt")``: that bundle file as committed (git ``HEAD``), never what a local run left
+    in the working tree; the working-tree file where the bundle is not a git checkout (e.g. an unpacked package)."""
+
+    def get(relative: str) -> Path:
+        git = ["git", "show", f"HEAD:{(BUNDLE / relative).relative_to(REPO).as_posix()}"]
+        try:
+            blob = subprocess.run(git, cwd=REPO, capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return BUNDLE / relative
+        path = tmp_path_factory.mktemp("committed") / Path(relative).name
+        path.write_bytes(blob)
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def committed_model(committed_file: Callable[[str], Path]) -> Path:
+    """The shipped 2D weights ``models/model.pt`` as committed."""
+    return committed_file("models/model.pt")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""The shipped weights: loadable on CPU with weights_only, fit the default inference network, segment an image through
-the default inference config, their sha256 is recorded, and their measured metrics are in metadata.json. The weights
-tested are the committed ones (``committed_model``), never what a local run left in the working tree."""
+"""The shipped weights (ISIC 2D, hippocampus volumes): loadable on CPU with weights_only, the defaults of their
+inference configs and fit their networks, segment an image and a held-out volume, their sha256 is recorded, and their
+measured metrics are in metadata.json. The weights tested are the committed ones (``committed_file``), never what a
+local run left in the working tree."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -19,37 +21,52 @@ from PIL import Image
 
 from scripts.weights import large_file_entry, verify_weights
 
+# the shipped weights (bundle-relative path) and the configs that run them by default
+SHIPPED = {
+    "models/model.pt": ["inference.yaml"],  # ISIC 2018, 2D
+    "models/model_hippocampus.pt": ["inference.yaml", "inference_volume.yaml"],  # MSD hippocampus, volumes
+}
 
-def test_model_pt_is_a_small_cpu_state_dict_under_key_model(committed_model: Path) -> None:
-    assert committed_model.stat().st_size < 25 * 2**20  # larger weights belong in large_files.yml
-    ckpt = torch.load(committed_model, map_location="cpu", weights_only=True)
+
+@pytest.mark.parametrize("weights", SHIPPED)
+def test_weights_are_a_small_cpu_state_dict_under_key_model(
+    committed_file: Callable[[str], Path], weights: str
+) -> None:
+    path = committed_file(weights)
+    assert path.stat().st_size < 25 * 2**20  # larger weights belong in large_files.yml
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert list(ckpt) == ["model"]
     assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in ckpt["model"].values())
 
 
-def test_model_pt_fits_the_default_inference_network(bundle_root: Path, committed_model: Path) -> None:
+@pytest.mark.parametrize("weights", SHIPPED)
+def test_weights_are_the_default_of_their_configs_and_fit_its_network(
+    bundle_root: Path, committed_file: Callable[[str], Path], weights: str
+) -> None:
     parser = ConfigParser()
-    parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
+    parser.read_config([str(bundle_root / "configs" / c) for c in SHIPPED[weights]])
     parser["bundle_root"] = str(bundle_root)
+    assert Path(parser.get_parsed_content("ckpt_path")) == bundle_root / weights
     net = parser.get_parsed_content("network_def")
-    state = torch.load(committed_model, map_location="cpu", weights_only=True)["model"]
+    state = torch.load(committed_file(weights), map_location="cpu", weights_only=True)["model"]
     net.load_state_dict(state, strict=True)
 
 
+@pytest.mark.parametrize("weights", SHIPPED)
 def test_recorded_sha256_matches_the_committed_and_the_checked_out_weights(
-    bundle_root: Path, committed_model: Path
+    bundle_root: Path, committed_file: Callable[[str], Path], weights: str
 ) -> None:
-    """large_files.yml records the hash of models/model.pt (one place; update it when the weights change)."""
-    entry = large_file_entry(bundle_root / "models" / "model.pt", bundle_root / "large_files.yml")
+    """large_files.yml records the hash of each shipped weight file (one place; update it when the weights change)."""
+    entry = large_file_entry(bundle_root / weights, bundle_root / "large_files.yml")
     assert entry is not None and entry["hash_type"] == "sha256"
     recorded = entry["hash_val"]
     git = ["git", "show", "HEAD:bundle/large_files.yml"]
     head = subprocess.run(git, cwd=bundle_root, capture_output=True, text=True)
     committed = yaml.safe_load(head.stdout).get("committed_files") or [] if head.returncode == 0 else []
-    for e in (e for e in committed if e["path"] == "models/model.pt"):  # the committed pair agrees
-        assert e["hash_val"] == hashlib.sha256(committed_model.read_bytes()).hexdigest()
-    assert verify_weights(bundle_root / "models" / "model.pt", bundle_root / "large_files.yml") is True
-    assert hashlib.sha256((bundle_root / "models" / "model.pt").read_bytes()).hexdigest() == recorded
+    for e in (e for e in committed if e["path"] == weights):  # the committed pair agrees
+        assert e["hash_val"] == hashlib.sha256(committed_file(weights).read_bytes()).hexdigest()
+    assert verify_weights(bundle_root / weights, bundle_root / "large_files.yml") is True
+    assert hashlib.sha256((bundle_root / weights).read_bytes()).hexdigest() == recorded
 
 
 def test_default_inference_with_the_shipped_weights_writes_a_mask(
@@ -70,6 +87,31 @@ def test_default_inference_with_the_shipped_weights_writes_a_mask(
     mask = np.asarray(Image.open(tmp_path / f"{image.stem}_seg.png"))
     assert mask.shape == np.asarray(Image.open(image)).shape[:2]  # the input's own size
     assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_default_volume_inference_with_the_shipped_weights_segments_a_held_out_volume(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    """hippocampus_099 is in the split's test list (never trained on nor used for checkpoint selection): the default
+    volume profile, with fewer steps and samples, finds both structures (random weights score about 0)."""
+    case = "hippocampus_099.nii.gz"
+    wf = bundle_workflow(
+        "inference.yaml",
+        "inference_volume.yaml",
+        workflow_type="infer",
+        input=str(demo_data / "hippocampus" / "imagesTr" / case),
+        output_dir=str(tmp_path),
+        num_inference_steps=5,
+        ensemble_size=2,
+        slice_batch=8,
+    )
+    wf.run()
+    wf.finalize()
+    seg = np.asarray(nib.load(tmp_path / case.replace(".nii.gz", "_seg.nii.gz")).dataobj)
+    truth = np.asarray(nib.load(demo_data / "hippocampus" / "labelsTr" / case).dataobj)
+    assert seg.shape == truth.shape
+    dice = [2 * ((seg == c) & (truth == c)).sum() / ((seg == c).sum() + (truth == c).sum()) for c in (1, 2)]
+    assert min(dice) > 0.5, dice
 
 
 def test_metadata_reports_measured_metrics_of_the_shipped_weights(bundle_root: Path) -> None:

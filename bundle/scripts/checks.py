@@ -139,6 +139,7 @@ RULES: tuple[Rule, ...] = (
     Rule("save_samples", boolean()),
     Rule("keep_samples", boolean()),
     Rule("autocast", boolean()),
+    Rule("keep_freed_memory", boolean()),
     Rule("slice_batch", integer(1)),
     Rule("output_ext", one_of(".png", ".nii.gz", ".nii")),
     Rule("output_scale", optional(number(0.0, low_open=True))),
