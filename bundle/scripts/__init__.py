@@ -1,6 +1,7 @@
 """Custom components of the MedSegDiff-V2 bundle (importable as ``scripts`` from the bundle root)."""
 
 from . import (
+    allocator,
     baseline,
     checkpoints,
     checks,
@@ -26,6 +27,7 @@ from . import (
 )
 
 __all__ = [
+    "allocator",
     "baseline",
     "checkpoints",
     "checks",
