@@ -7,13 +7,14 @@
 # validate only at the end (HIPPO_VAL) and are scored by that validation on the 20 validation volumes, unless
 # HIPPO_EVAL=True adds the ensemble evaluation (about 20 CPU-minutes per run).
 # A spec is [data/]name:"overrides", data isic (default) or hippocampus; PAR runs go at once, THREADS torch threads each;
-# RELIANCE=False skips the swapped sampling in evaluation. bench/study_table.py prints the table. Usage, from the
-# repository root:
+# RELIANCE=False skips the swapped sampling in evaluation; EXTRA=",'configs/baseline.yaml'" adds overlays after the
+# data's configs (e.g. the UNet baseline; then RELIANCE=False); SPLIT=test scores the held-out list.
+# bench/study_table.py prints the table. Usage, from the repository root:
 #   BUDGET=900 PAR=2 THREADS=1 bash bench/objective_study.sh paper:"--prediction_type epsilon" hippocampus/x0:"..."
 set -u
 BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-$PWD/bundle/runs/study_logs}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; VAL=${VAL:-4}; HIPPO_VAL=${HIPPO_VAL:-100000}; HIPPO_EVAL=${HIPPO_EVAL:-False}
-RELIANCE=${RELIANCE:-True}; mkdir -p "$R"
+RELIANCE=${RELIANCE:-True}; EXTRA=${EXTRA:-}; SPLIT=${SPLIT:-validation}; mkdir -p "$R"
 source "$(dirname "$0")/parallel_runs.sh"
 cd bundle
 SPL=$PWD/docs/splits
@@ -30,16 +31,17 @@ run() {  # [data/]name "overrides"
   fi
   # epochs of 50 iterations, so that the wall-clock budget ends within a minute of BUDGET
   s=$(date +%s)
-  OMP_NUM_THREADS=$THREADS $PY -m monai.bundle run --config_file "[$cfg]" $args --preset small --num_workers 0 \
+  OMP_NUM_THREADS=$THREADS $PY -m monai.bundle run --config_file "[$cfg$EXTRA]" $args --preset small --num_workers 0 \
     --epochs 100000 --train#trainer#epoch_length 50 --val_interval "$val" --time_budget_s "$BUDGET" $over \
     --run_name "study_$name" > "$R/$name.train.log" 2>&1
   echo "$name train rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
   [ "$evaluate" = True ] || return 0
+  local ev=eval; [ "$SPLIT" = validation ] || ev=eval_$SPLIT  # runs/study_<name>/<ev>/, read by study_table.py
   s=$(date +%s)
-  OMP_NUM_THREADS=$THREADS $PY -m monai.bundle run --config_file "[$cfg,'configs/evaluate.yaml']" $args \
+  OMP_NUM_THREADS=$THREADS $PY -m monai.bundle run --config_file "[$cfg,'configs/evaluate.yaml'$EXTRA]" $args \
     --preset small --num_workers 0 $over --sampler ddpm --num_inference_steps 10 --ensemble_size 10 --fusion staple \
     --eval_batch_size $eval_batch --grid_cases 8 --val_reliance $RELIANCE --run_name "study_$name" \
-    > "$R/$name.eval.log" 2>&1
-  echo "$name eval rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
+    --eval_split "$SPLIT" --eval_dir "runs/study_$name/$ev" > "$R/$name.$ev.log" 2>&1
+  echo "$name $ev rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
 }
 run_specs "$PAR" "$@"
