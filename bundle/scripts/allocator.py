@@ -25,13 +25,11 @@ INT_MAX = 2**31 - 1  # mallopt takes an int: trim only free top chunks above 2 G
 def keep_freed_memory(enable: bool = True) -> bool:
     """Sets ``M_MMAP_MAX`` to 0 and ``M_TRIM_THRESHOLD`` to 2 GiB with glibc's ``mallopt`` when ``enable``; returns
     whether the setting is in force (``False`` where there is no glibc, e.g. macOS, Windows, musl)."""
-    if not enable:
+    if not enable or not sys.platform.startswith("linux"):
         return False
-    path = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
-        libc = ctypes.CDLL(path or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # e.g. musl
         logger.info("keep_freed_memory: no glibc mallopt on this platform; allocator left as it is")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
