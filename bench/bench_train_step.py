@@ -8,6 +8,7 @@ is the median of ``--repeats`` steps after ``--warmup`` steps, in one process, s
 ``scripts`` package imported, so run it as a separate process) with per-case timesteps in fp32, as that code trained.
 
     python bench/bench_train_step.py --preset small --size 128 --batch 8 --groups none 2 1 --amp both
+    python bench/bench_train_step.py --preset small --size 128 --batch 8 --patch-size 2 --variants v2
     python bench/bench_train_step.py --preset paper --size 256 --batch 8 --bundle ../old/bundle --variants v2
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--groups", nargs="+", default=["2"], help="timestep groups per batch; 'none': one per case")
     ap.add_argument("--amp", choices=["off", "on", "both"], default="off", help="bf16 autocast + channels_last")
+    ap.add_argument("--patch-size", type=int, help="the SS-Former's token patch (default: the preset's)")
     ap.add_argument("--variants", nargs="+", default=["v2", "unet"], choices=["v2", "unet"])
     ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "bundle")
     ap.add_argument("--warmup", type=int, default=1)
@@ -83,7 +85,9 @@ def main() -> None:
         for groups in args.groups if new_api else ["none"]:
             g = None if groups == "none" else int(groups)
             for amp in amps if new_api else [False]:
-                net = MedSegDiffV2(3, 1, preset=args.preset).to(device).train()
+                sizes = {} if args.patch_size is None else {"patch_size": args.patch_size}
+                name = f"V2 {args.preset}" + ("" if args.patch_size is None else f", patch {args.patch_size}")
+                net = MedSegDiffV2(3, 1, preset=args.preset, **sizes).to(device).train()
                 mf = torch.channels_last if amp else torch.contiguous_format
                 net = net.to(memory_format=mf)
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -102,7 +106,7 @@ def main() -> None:
 
                 rows.append(
                     {
-                        "model": f"V2 {args.preset}",
+                        "model": name,
                         "timestep_groups": groups,
                         "precision": "bf16" if amp else "fp32",
                         "params": sum(p.numel() for p in net.parameters()),

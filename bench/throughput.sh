@@ -35,9 +35,10 @@ for run in "old:$OLD" "new:$PWD" "new_thp:$PWD" "new_heap:$PWD" "new_heap_thp:$P
 done
 echo "== monai.bundle run training iterations/s, shared ISIC at 128 px, batch 8, $BUDGET s each (quick vs baseline)"
 cd bundle
-for cfg in "v2:'configs/train.yaml','configs/quick.yaml'" "unet:'configs/train.yaml','configs/quick.yaml','configs/baseline.yaml'"; do
-  name=${cfg%%:*}
-  $PY -m monai.bundle run --config_file "[${cfg#*:}]" --dataset_dir "$D/isic2018_task1_256" \
+for cfg in "v2:'configs/train.yaml','configs/quick.yaml'" "v2_patch2:'configs/train.yaml','configs/quick.yaml'" \
+  "unet:'configs/train.yaml','configs/quick.yaml','configs/baseline.yaml'"; do
+  name=${cfg%%:*}; patch=1; [ "$name" = v2_patch2 ] && patch=2  # SS-Former tokens of 2x2 of the deepest map
+  $PY -m monai.bundle run --config_file "[${cfg#*:}]" --dataset_dir "$D/isic2018_task1_256" --patch_size $patch \
     --datalist docs/splits/isic2018_split.json --roi_size 128 --batch_size 8 --epochs 100000 \
     --train#trainer#epoch_length 20 --val_interval 100000 --time_budget_s "$BUDGET" --run_name "throughput_$name" \
     > "$OUT/bundle_$name.log" 2>&1

@@ -210,3 +210,17 @@ def test_bundle_builds_the_network_from_config(bundle_root) -> None:
     assert isinstance(net, MedSegDiffV2) and net.in_channels == 3 and net.out_channels == 2
     out = net(torch.randn(1, 2, 32, 32), 3, image=torch.randn(1, 3, 32, 32))
     assert out.shape == (1, 2, 32, 32)
+
+
+@pytest.mark.parametrize("config", ["train.yaml", "inference.yaml"])
+def test_patch_size_key_sets_the_token_grid_and_null_keeps_the_presets(bundle_root, config: str) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / config))
+    parser.update({"preset": "small", "patch_size": 2})
+    coarse = parser.get_parsed_content("network_def", lazy=False)
+    parser.update({"patch_size": None})
+    preset = parser.get_parsed_content("network_def", lazy=False)
+    assert coarse.semantic_condition.embed_c.kernel_size == (2, 2) and coarse.size_divisor == 2 * preset.size_divisor
+    assert preset.semantic_condition.embed_c.kernel_size == (1, 1)  # the small preset's (and the paper's) 1x1 tokens
+    image = torch.randn(1, 3, 32, 32)
+    assert coarse(torch.randn(1, 1, 32, 32), 3, image=image).shape == (1, 1, 32, 32)

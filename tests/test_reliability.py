@@ -442,6 +442,7 @@ BAD = [
     ("sample_start_t", 0, "null/None or an integer in [1, num_train_timesteps=1000]"),
     ("cache_rate", 1.5, "a number in [0, 1]"),
     ("preset", "huge", "one of 'paper', 'small', None"),
+    ("patch_size", 0, "null/None or an integer >= 1"),
     ("eval_split", "testing", "one of 'validation', 'test'"),
     ("ece_bins", 0, "an integer >= 1"),
 ]

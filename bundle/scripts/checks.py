@@ -125,6 +125,7 @@ RULES: tuple[Rule, ...] = (
     Rule("anchor_gates", one_of("single", "per_class")),
     Rule("anchor_residual", boolean()),
     Rule("concat_anchor", boolean()),
+    Rule("patch_size", optional(integer(1))),
     Rule("val_reliance", boolean()),
     Rule("seed", integer()),
     Rule("resume", boolean()),
