@@ -94,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--patch-size", type=int, help="the SS-Former's token patch (default: the preset's)")
     ap.add_argument("--in-channels", type=int, default=3)
     ap.add_argument("--out-channels", type=int, default=1)
     ap.add_argument("--ensemble", type=int, default=10)
@@ -113,13 +114,15 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    net = MedSegDiffV2(args.in_channels, args.out_channels, preset=args.preset).to(device).eval()
+    sizes = {} if args.patch_size is None else {"patch_size": args.patch_size}
+    net = MedSegDiffV2(args.in_channels, args.out_channels, preset=args.preset, **sizes).to(device).eval()
     image = torch.rand(1, args.in_channels, args.size, args.size, device=device)
     info = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "preset": args.preset,
+        "patch_size": args.patch_size,
         "size": args.size,
         "ensemble": args.ensemble,
         "keep_freed_memory": args.keep_freed_memory,
