@@ -146,7 +146,7 @@ def test_metadata_agrees_with_the_inference_config(bundle_root: Path) -> None:
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
     cfg = {k: parser[k] for k in ("roi_size", "image_channels", "num_classes", "sampler", "num_inference_steps")}
-    cfg.update({k: parser[k] for k in ("ensemble_size", "fusion", "prediction_type", "concat_anchor")})
+    cfg.update({k: parser[k] for k in ("ensemble_size", "fusion", "prediction_type", "concat_anchor", "patch_size")})
     fmt = meta["network_data_format"]
     roi = [cfg["roi_size"], cfg["roi_size"]]
     assert fmt["inputs"]["image"]["spatial_shape"] == roi and fmt["inputs"]["x"]["spatial_shape"] == roi
@@ -160,3 +160,4 @@ def test_metadata_agrees_with_the_inference_config(bundle_root: Path) -> None:
     assert cfg["fusion"].upper() in source
     assert f"prediction_type: {cfg['prediction_type']}" in description
     assert f"concat_anchor: {str(cfg['concat_anchor']).lower()}" in description
+    assert f"patch_size: {cfg['patch_size']}" in description
