@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -169,7 +170,8 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
         weights = f"runs/{name}/models/model.pt"
         command = last_line(proc.stdout)
         assert f"- python -m monai.bundle run --config_file configs/inference.yaml --ckpt_path {weights}" in command
-        assert " --roi_size 32" in command  # quick.yaml's 64 overridden for this run; inference.yaml's default is 64
+        assert " --roi_size 32" in command  # quick.yaml's 64 overridden for this run; inference.yaml's default is 128
+        assert " --patch_size '$None'" in command  # the preset's tokens, not those of the shipped weights
         assert "best val_mean_dice" in proc.stdout
         assert list(torch.load(bundle_root / weights, weights_only=True)) == ["model"]  # the shipped format
         assert (bundle_root / "models" / "model.pt").read_bytes() == shipped
@@ -181,7 +183,7 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
         )
         assert status.stdout == "", status.stdout
         image = sorted((bundle_root / "data" / "demo" / "isic" / "images").glob("*.jpg"))[0]
-        args = command.split("run ", 1)[1].replace("--config_file configs/inference.yaml", "").split()
+        args = shlex.split(command.split("run ", 1)[1].replace("--config_file configs/inference.yaml", ""))
         fast = [
             "--input",
             str(image),

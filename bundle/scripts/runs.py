@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 def _display(value: Any, root: Path) -> str:
     """A command-line value: paths inside the bundle relative to it, everything else as Fire parses it back."""
+    if value is None:  # monai.bundle run drops None overrides; '$None' evaluates to None
+        return shlex.quote("$None")
     if isinstance(value, Path) or (isinstance(value, str) and "/" in value):
         path = Path(value).resolve()  # relative to the working directory, as the run used it
         try:
