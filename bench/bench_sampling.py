@@ -114,8 +114,8 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    sizes = {} if args.patch_size is None else {"patch_size": args.patch_size}
-    net = MedSegDiffV2(args.in_channels, args.out_channels, preset=args.preset, **sizes).to(device).eval()
+    net = MedSegDiffV2(args.in_channels, args.out_channels, preset=args.preset, patch_size=args.patch_size)
+    net = net.to(device).eval()
     image = torch.rand(1, args.in_channels, args.size, args.size, device=device)
     info = {
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
