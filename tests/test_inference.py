@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.transforms import KeepLargestConnectedComponentd
 from PIL import Image
 from tiny_config import TINY_NET
 
@@ -173,6 +174,44 @@ def test_fusion_transform_outputs_labels_and_uncertainty() -> None:
     with pytest.raises(ValueError, match="multiple of ensemble_size"):
         EnsembleFusiond("pred", ensemble_size=4)({"pred": torch.zeros(6, 8, 8)})
 
+
+
+def _islands(num_classes: int) -> torch.Tensor:
+    """A label map: each class a large blob plus a 1-pixel island far from it."""
+    labels = torch.zeros(1, 16, 16)
+    for c in range(1, num_classes + 1):
+        labels[0, 8 * (c - 1) : 8 * (c - 1) + 5, :6] = c
+        labels[0, 8 * (c - 1) + 2, 14] = c
+    return labels
+
+
+@pytest.mark.parametrize("config", ["inference.yaml", "train.yaml"])
+def test_largest_component_key_removes_islands_of_each_class(bundle_root: Path, config: str) -> None:
+    """``largest_component`` keeps each class's largest component of the fused label map (inference, V2 validation);
+    off, the step is left out of the chain."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / config))
+    parser.update({"num_classes": 2, "largest_component": True, "val_reliance": False})
+    labels = _islands(2)
+    kept = parser.get_parsed_content("keep_largest" if config == "inference.yaml" else "validate#postprocessing")
+    if config == "train.yaml":
+        kept = next(t for t in kept.transforms if isinstance(t, KeepLargestConnectedComponentd))
+    out = kept({"pred": labels.clone()})["pred"]
+    assert (out[0, :, 14] == 0).all() and (out == 1).sum() == 30 and (out == 2).sum() == 30
+    parser.update({"largest_component": False})
+    chain = parser.get_parsed_content("postprocessing" if config == "inference.yaml" else "validate#postprocessing")
+    assert not any(isinstance(t, KeepLargestConnectedComponentd) for t in chain.transforms)
+
+
+def test_largest_component_key_on_the_unet_baselines_per_class_masks(bundle_root: Path) -> None:
+    """The UNet's masks have no background channel: every class, the first included, keeps its largest component."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ("train.yaml", "baseline.yaml")])
+    parser.update({"num_classes": 2, "largest_component": True})
+    labels = _islands(2)[0]
+    logits = torch.stack([labels == 1, labels == 2]).float() * 20 - 10
+    out = parser.get_parsed_content("validate#postprocessing")({"pred": logits})["pred"]
+    assert out[:, :, 14].sum() == 0 and out[0].sum() == 30 and out[1].sum() == 30
 
 # -- whole workflow ----------------------------------------------------------------------------------------------------
 def test_2d_inference_writes_masks_of_the_input_size(

@@ -441,6 +441,7 @@ BAD = [
     ("timestep_groups", 0, "null/None or an integer >= 1"),
     ("amp", "false", "True or False"),
     ("filter_checkpointing", 1, "True or False"),
+    ("largest_component", "yes", "True or False"),
     ("sample_start_t", 0, "null/None or an integer in [1, num_train_timesteps=1000]"),
     ("cache_rate", 1.5, "a number in [0, 1]"),
     ("preset", "huge", "one of 'paper', 'small', None"),

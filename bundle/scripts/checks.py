@@ -137,6 +137,7 @@ RULES: tuple[Rule, ...] = (
     Rule("num_inference_steps", integer(1, "num_train_timesteps")),
     Rule("ensemble_size", integer(1)),
     Rule("fusion", one_of("staple", "vote", "mean")),
+    Rule("largest_component", boolean()),
     Rule("save_samples", boolean()),
     Rule("keep_samples", boolean()),
     Rule("autocast", boolean()),
