@@ -175,7 +175,6 @@ def test_fusion_transform_outputs_labels_and_uncertainty() -> None:
         EnsembleFusiond("pred", ensemble_size=4)({"pred": torch.zeros(6, 8, 8)})
 
 
-
 def _islands(num_classes: int) -> torch.Tensor:
     """A label map: each class a large blob plus a 1-pixel island far from it."""
     labels = torch.zeros(1, 16, 16)
@@ -212,6 +211,7 @@ def test_largest_component_key_on_the_unet_baselines_per_class_masks(bundle_root
     logits = torch.stack([labels == 1, labels == 2]).float() * 20 - 10
     out = parser.get_parsed_content("validate#postprocessing")({"pred": logits})["pred"]
     assert out[:, :, 14].sum() == 0 and out[0].sum() == 30 and out[1].sum() == 30
+
 
 # -- whole workflow ----------------------------------------------------------------------------------------------------
 def test_2d_inference_writes_masks_of_the_input_size(
