@@ -5,22 +5,23 @@
 # eval_test/ (metrics.csv, per-case CSVs, overlay grid, reliability diagram), logs and disc.json in R.
 # Usage, from the repository root: ROI=128 bash bench/same_budget_eval.sh
 # RUNS: the runs to score (default "unet v2"; a V2 run trained with V2NAME/V2ARGS, e.g. RUNS=v2p2 V2ARGS="--patch_size
-# 2"); DISC=False skips the disc.
+# 2"); DISC=False skips the disc; EVALARGS: settings for both models, e.g. "--largest_component True", with TAG naming
+# their outputs (eval_<SPLIT><TAG>).
 set -u
 ROI=${ROI:-128}; NAME=${NAME:-same_budget_isic$ROI}; THREADS=${THREADS:-2}; SPLIT=${SPLIT:-test}
-RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; DISC=${DISC:-True}
+RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; DISC=${DISC:-True}; EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
 D=${D:-$PWD/../shared/data}; R=${R:-/tmp/$NAME}; PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
 [ "$DISC" = True ] && OMP_NUM_THREADS=1 $PY bench/disc_prior.py --dataset_dir "$D/isic2018_task1_256" \
   --datalist bundle/docs/splits/isic2018_split.json --roi_size "$ROI" --fit_cases 300 --split "$SPLIT" \
   --json "$R/disc_$SPLIT.json" > "$R/disc_$SPLIT.log" 2>&1
 cd bundle
 ISIC="--dataset_dir $D/isic2018_task1_256 --datalist $PWD/docs/splits/isic2018_split.json --roi_size $ROI"
-EVAL="--preset small --num_workers 0 --eval_split $SPLIT --grid_cases 8 --eval_batch_size 4"
+EVAL="--preset small --num_workers 0 --eval_split $SPLIT --grid_cases 8 --eval_batch_size 4 $EVALARGS"
 evaluate() {  # name configs [settings]
   local s; s=$(date +%s)
   OMP_NUM_THREADS=$THREADS $PY -m monai.bundle run --config_file "$2" $ISIC $EVAL ${3:-} --run_name "${NAME}_$1" \
-    --eval_dir "runs/${NAME}_$1/eval_$SPLIT" > "$R/$1.eval_$SPLIT.log" 2>&1
-  echo "$1 eval_$SPLIT rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
+    --eval_dir "runs/${NAME}_$1/eval_$SPLIT$TAG" > "$R/$1.eval_$SPLIT$TAG.log" 2>&1
+  echo "$1 eval_$SPLIT$TAG rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
 }
 for run in $RUNS; do
   if [ "$run" = unet ]; then evaluate unet "['configs/train.yaml','configs/evaluate.yaml','configs/baseline.yaml']"
