@@ -333,7 +333,12 @@ def test_weights_that_do_not_fit_the_network_name_the_keys(
         e = e.__cause__
     text = " ".join(messages)
     assert "does not match the configured network" in text and "shape mismatches" in text
-    assert "condition_model.head.2.weight" in text
+    assert "condition_model.head.2.weight" in text and "The weights have patch_size" not in text
+    coarse = tmp_path / "patch2.pt"  # weights with 2x2 SS-Former tokens, configured with the preset's 1x1
+    torch.save(MedSegDiffV2(3, 1, **{**NET, "patch_size": 2}).state_dict(), coarse)
+    with pytest.raises(RuntimeError) as err:
+        run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(coarse))
+    assert "The weights have patch_size 2 (--patch_size 2)" in str(err.value.__cause__ or err.value)
     with pytest.raises(RuntimeError) as err:
         run_inference(bundle_workflow, tmp_path, input=str(inputs), ckpt_path=str(tmp_path / "nope.pt"))
     assert "no weights at" in str(err.value.__cause__ or err.value) + repr(err.value)

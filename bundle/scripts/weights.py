@@ -60,7 +60,12 @@ class WeightsLoader(CheckpointLoader):
         ]
         parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
         parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
-        return "; ".join(parts) + ". Check preset, image_channels, num_classes, anchor and semantic against training."
+        hint = "Check preset, roi_size, patch_size, image_channels, num_classes, anchor, semantic and concat_anchor"
+        # the SS-Former's token embedding is a conv whose kernel is the token patch: name the weights' patch_size
+        token = next((k for k in own if k.endswith("embed_c.weight") and k in saved), None)
+        if token is not None and saved[token].shape[-2:] != own[token].shape[-2:]:
+            hint = f"The weights have patch_size {saved[token].shape[-1]} (--patch_size {saved[token].shape[-1]}). {hint}"
+        return "; ".join(parts) + f". {hint} against training."
 
 
 def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> dict | None:
