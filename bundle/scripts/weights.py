@@ -64,7 +64,8 @@ class WeightsLoader(CheckpointLoader):
         # the SS-Former's token embedding is a conv whose kernel is the token patch: name the weights' patch_size
         token = next((k for k in own if k.endswith("embed_c.weight") and k in saved), None)
         if token is not None and saved[token].shape[-2:] != own[token].shape[-2:]:
-            hint = f"The weights have patch_size {saved[token].shape[-1]} (--patch_size {saved[token].shape[-1]}). {hint}"
+            patch = saved[token].shape[-1]
+            hint = f"The weights have patch_size {patch} (--patch_size {patch}). {hint}"
         return "; ".join(parts) + f". {hint} against training."
 
 
