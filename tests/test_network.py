@@ -182,6 +182,19 @@ def test_fourier_affinity_without_filter_is_the_spatial_affinity() -> None:
     torch.testing.assert_close(attn.affinity(q, k, (3, 4)), q @ k.transpose(-1, -2), rtol=1e-4, atol=1e-4)
 
 
+def test_filtered_fourier_affinity_matches_explicit_dft_matrices() -> None:
+    """With a filter W: Re(U^-1 ((U Q)(U K)^H * W) U) / L, U the 2D DFT matrix of the token grid, whatever order
+    the implementation runs its FFTs in."""
+    torch.manual_seed(0)
+    attn = FourierCrossAttention(dim=8, heads=2, emb_dim=4, use_filter=False, filter_width=4, filter_blocks=1)
+    h, w, n = 3, 4, 12
+    q, k, w_t = torch.randn(2, 2, n, 4), torch.randn(2, 2, n, 4), torch.rand(2, 2, n, n)
+    u = torch.fft.fft2(torch.eye(n).reshape(n, h, w), dim=(1, 2)).reshape(n, n).T  # column j: DFT of token j
+    m = ((u @ q.to(u.dtype)) @ (u @ k.to(u.dtype)).conj().transpose(-1, -2)) * w_t
+    expected = (torch.linalg.inv(u) @ m @ u).real / n
+    torch.testing.assert_close(attn.affinity(q, k, (h, w), w_t), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_nbp_filter_depends_on_t_and_is_shared_within_a_step() -> None:
     torch.manual_seed(0)
     nbp = NBPFilter(emb_dim=8, heads=2, width=4, num_blocks=6)

@@ -45,7 +45,7 @@ class ResBlock(nn.Module):
         h = self.out_norm(self.in_layers(x))
         if self.emb_proj is not None:
             scale, shift = self.emb_proj(emb)[..., None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
+            h = torch.addcmul(shift, h, 1 + scale)  # h * (1 + scale) + shift in one pass
         return self.skip(x) + self.out_layers(h)
 
 

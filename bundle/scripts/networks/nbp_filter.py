@@ -32,7 +32,7 @@ class NBPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         scale, shift = self.emb_mlp(emb)[..., None, None].chunk(2, dim=1)
-        return self.act(self.norm(self.conv(x)) * (1 + scale) + shift)
+        return self.act(torch.addcmul(shift, self.norm(self.conv(x)), 1 + scale))
 
 
 class NBPFilter(nn.Module):
@@ -72,7 +72,7 @@ def _filter_bank(filters: Sequence[NBPFilter], coords: torch.Tensor, emb: torch.
             if i:
                 x = blk.conv(x)
             scale, shift = blk.emb_mlp(emb)[..., None, None].chunk(2, dim=1)
-            x = blk.act(blk.norm(x) * (1 + scale) + shift)
+            x = blk.act(torch.addcmul(shift, blk.norm(x), 1 + scale))
         outs.append(torch.sigmoid(f.out(x)))
     return outs
 

@@ -8,6 +8,13 @@ from torch import nn
 from .nbp_filter import NBPFilter, nbp_filters
 
 
+def _negated_frequencies(grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """For each token of an (h, w) grid in FFT order, the index of the token holding the opposite frequency -f."""
+    h, w = grid
+    fy, fx = (-torch.arange(h, device=device)) % h, (-torch.arange(w, device=device)) % w
+    return (fy[:, None] * w + fx[None, :]).reshape(-1)
+
+
 class FourierCrossAttention(nn.Module):
     """M = (F(x_q) W^q)(F(x_kv) W^k)^H filtered by the NBP-Filter, brought back by the inverse FFT, applied to values.
 
@@ -45,12 +52,14 @@ class FourierCrossAttention(nn.Module):
         h, w = grid
         spec_q = torch.fft.fft2(q.float().reshape(b, nh, h, w, dh), dim=(2, 3)).reshape(b, nh, n, dh)
         spec_k = torch.fft.fft2(k.float().reshape(b, nh, h, w, dh), dim=(2, 3)).reshape(b, nh, n, dh)
-        m = spec_q @ spec_k.conj().transpose(-1, -2)  # M, one row per query frequency, one column per key frequency
+        # IFFT_query(FFT_key(M W_t)) as one 4-D FFT: an inverse DFT is the forward DFT of the frequency-reversed input
+        # divided by L, and Q is real, so F(Q) at -f is conj(F(Q)) at f; M's query rows, and the filter's, are thus
+        # taken at -f (one pass over the L x L maps instead of two; docs/benchmarks.md)
+        m = spec_q.conj() @ spec_k.conj().transpose(-1, -2)  # M at (-f_query, f_key)
         if w_t is not None:
-            m = m * w_t.float()
-        m = m.reshape(b, nh, h, w, h, w)
-        m = torch.fft.fft2(torch.fft.ifft2(m, dim=(2, 3)), dim=(4, 5))  # back to query/key token positions
-        return m.real.reshape(b, nh, n, n) / n
+            m = m * w_t.float().index_select(-2, _negated_frequencies(grid, m.device))
+        m = torch.fft.fftn(m.reshape(b, nh, h, w, h, w), dim=(2, 3, 4, 5))  # back to query and key token positions
+        return m.real.reshape(b, nh, n, n) / n**2
 
     def forward(
         self,
