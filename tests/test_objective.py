@@ -21,7 +21,7 @@ from scripts.ema import PowerMomentum
 from scripts.networks import MedSegDiffV2, NBPFilter
 from scripts.networks.nbp_filter import nbp_filters
 from scripts.networks.unet import ConditionOutput
-from scripts.sampling import DiffusionSegmentationInferer
+from scripts.sampling import FLIPS, DiffusionSegmentationInferer
 from scripts.schedulers import RespacedDDPMScheduler
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -78,6 +78,27 @@ def test_an_oracle_network_lets_the_sampler_recover_x0(kind: str, prediction_typ
     image, truth = masks_and_images()
     inferer = DiffusionSegmentationInferer(sched, num_inference_steps=10, ensemble_size=3, fusion="mean", seed=0)
     torch.testing.assert_close(inferer(image, net), truth)
+
+
+def test_flipped_members_see_flipped_images_and_are_flipped_back() -> None:
+    """flip_members: member j's condition is the Condition Model's output for the image flipped by FLIPS[j % 4], and
+    its mask comes back in the image's orientation, so the oracle's members all equal the truth (the squares are off
+    centre: a member left flipped would not); the anchor of the reliance diagnostic is the unflipped image's."""
+    sched = scheduler("ddpm", "sample")
+    net = OracleNet("sample", sched.alphas_cumprod)
+    image, truth = masks_and_images()
+    assert all(not torch.equal(truth.flip(f), truth) for f in FLIPS[1:])
+    inferer = DiffusionSegmentationInferer(
+        sched, num_inference_steps=5, ensemble_size=6, fusion=lambda s: s, seed=0, flip_members=True
+    )
+    assert inferer.member_flips() == [(), (-1,), (-2,), (-2, -1), (), (-1,)]
+    members = inferer.member_condition(image, net).feature.reshape(4, 6, 1, 16, 16)
+    for j, flip in enumerate(inferer.member_flips()):
+        torch.testing.assert_close(members[:, j], truth.flip(flip) if flip else truth)
+    torch.testing.assert_close(inferer(image, net), truth[:, None].expand(4, 6, 1, 16, 16))
+    out = inferer(image, net, donor=image.roll(1, 0))
+    torch.testing.assert_close(out["anchor"], truth)
+    torch.testing.assert_close(out["pred_swapped"], truth.roll(1, 0)[:, None].expand(4, 6, 1, 16, 16))
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)

@@ -50,6 +50,22 @@ def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
+@pytest.mark.parametrize("overlays", [("quick.yaml",), ("quick.yaml", "volume.yaml")])
+def test_augment_transforms_images_and_keeps_labels_binary(
+    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path, overlays: tuple[str, ...]
+) -> None:
+    """augment: rotation, scaling and intensity after the flips; the labels stay one-hot masks of the same shape."""
+    plain = train_workflow(tmp_path / "plain", *overlays, num_workers=0)
+    augmented = train_workflow(tmp_path / "augmented", *overlays, num_workers=0, augment=True)
+    assert len(augmented.parser.get_parsed_content("train#random")) == len(
+        plain.parser.get_parsed_content("train#random")
+    ) + len(augmented.parser["train"]["augmentation"])
+    a, b = (next(iter(wf.parser.get_parsed_content("train#dataloader"))) for wf in (plain, augmented))
+    assert a["image"].shape == b["image"].shape and a["label"].shape == b["label"].shape
+    assert not torch.equal(a["image"], b["image"])
+    assert torch.isfinite(b["image"]).all() and set(b["label"].unique().tolist()) <= {0.0, 1.0}
+
+
 def test_same_seed_same_first_epoch_loss(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -89,6 +105,28 @@ def test_resume_continues_from_the_saved_epoch(
     assert all(torch.equal(saved["network"][k], v) for k, v in at_start.items())
     fresh = run_recording(train_workflow(tmp_path / "fresh", "quick.yaml", val_interval=5, epochs=2))
     assert fresh["epochs"] == [1, 2]
+
+
+def test_init_weights_starts_the_network_and_its_ema_from_given_weights(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    run_recording(train_workflow(tmp_path / "first", "quick.yaml", val_interval=1))
+    weights = tmp_path / "first" / "models" / "model.pt"
+    given = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    wf = train_workflow(tmp_path / "tuned", "quick.yaml", val_interval=5, init_weights=str(weights))
+    net, ema = wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("train#ema").ema_model
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert not all(torch.equal(given[k], v) for k, v in fresh.items())
+    at_start: list[dict] = []
+    wf.parser.get_parsed_content("train#trainer").add_event_handler(
+        Events.ITERATION_STARTED,
+        lambda e: at_start or at_start.extend([{k: v.clone() for k, v in m.state_dict().items()} for m in (net, ema)]),
+    )
+    run_recording(wf)
+    for state in at_start:
+        assert all(torch.equal(given[k], v) for k, v in state.items())
 
 
 def test_resume_rejects_the_string_false(train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
@@ -83,6 +84,13 @@ def boolean() -> Check:
     return check
 
 
+def existing_file() -> Check:
+    def check(v: Any, settings: Mapping[str, Any]) -> str | None:
+        return None if isinstance(v, (str, Path)) and Path(v).is_file() else "the path of an existing file"
+
+    return check
+
+
 def optional(inner: Check) -> Check:
     def check(v: Any, settings: Mapping[str, Any]) -> str | None:
         words = inner(v, settings) if v is not None else None
@@ -112,6 +120,7 @@ RULES: tuple[Rule, ...] = (
     Rule("fg_ratio", number(0.0, 1.0)),
     Rule("slices_per_volume", integer(1)),
     Rule("allow_empty_labels", boolean()),
+    Rule("augment", boolean()),
     # model and training
     Rule("preset", one_of(*PRESETS, None)),
     Rule("anchor", one_of(*ANCHOR_MODES)),
@@ -129,6 +138,7 @@ RULES: tuple[Rule, ...] = (
     Rule("val_reliance", boolean()),
     Rule("seed", integer()),
     Rule("resume", boolean()),
+    Rule("init_weights", optional(existing_file())),
     Rule("time_budget_s", optional(number(0.0))),
     Rule("run_name", lambda v, s: None if isinstance(v, str) and v and "/" not in v else "a name without '/'"),
     # sampling and inference
@@ -138,6 +148,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ensemble_size", integer(1)),
     Rule("fusion", one_of("staple", "vote", "mean")),
     Rule("largest_component", boolean()),
+    Rule("flip_members", boolean()),
     Rule("save_samples", boolean()),
     Rule("keep_samples", boolean()),
     Rule("autocast", boolean()),

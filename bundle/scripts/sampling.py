@@ -15,6 +15,9 @@ from torch import nn
 from .diffusion import unwrap
 from .networks.unet import ConditionOutput
 
+# flip_members: the flip of member j is FLIPS[j % 4] (none, horizontal, vertical, both), over the last two axes
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
 
 def _match_depth(donor: torch.Tensor, shape: torch.Size, slice_axis: int) -> torch.Tensor:
     """``donor`` with as many slices along ``slice_axis`` as ``shape`` (nearest slice); 2D batches pass through."""
@@ -46,6 +49,9 @@ class DiffusionSegmentationInferer(Inferer):
         start_t: anchor-initialised sampling: start the reverse chain at the last sampling timestep <= ``start_t``
             from q(x_t | anchor), the Condition Model's anchor mask noised to t, instead of from pure noise at T
             (``None``). Fewer steps run: only those below ``start_t``.
+        flip_members: test-time augmentation inside the ensemble: member j samples with the condition of the image
+            flipped by ``FLIPS[j % 4]`` (none, horizontal, vertical, both) and its mask is flipped back before the
+            fusion, so that the members also differ in what the Condition Model sees. Not in the paper.
 
     Called with ``donor``, another case's image (``PrepareBatchExtraInput({"donor": "donor"})`` passes it), it also
     returns the anchor mask (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same
@@ -66,6 +72,7 @@ class DiffusionSegmentationInferer(Inferer):
         progress: bool = False,
         channels_last: bool = False,
         start_t: int | None = None,
+        flip_members: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -82,6 +89,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.progress = progress
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.start_t = start_t
+        self.flip_members = flip_members
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -113,6 +121,21 @@ class DiffusionSegmentationInferer(Inferer):
         with self._autocast(image.device):
             return net.condition(image)
 
+    def member_flips(self) -> list[tuple[int, ...]]:
+        """The axes each ensemble member's image is flipped along (all ``()`` without ``flip_members``)."""
+        return [FLIPS[j % len(FLIPS)] if self.flip_members else () for j in range(self.ensemble_size)]
+
+    @torch.no_grad()
+    def member_condition(self, image: torch.Tensor, network: nn.Module) -> ConditionOutput:
+        """Every member's condition, (B * N, ...) in member order: the image's Condition Model output repeated, or
+        with ``flip_members`` the output for each member's flipped image (each distinct flip run once)."""
+        flips = self.member_flips()
+        if not self.flip_members:
+            return self.condition(image, network).repeat_interleave(len(flips))
+        per_flip = {f: self.condition(image.flip(f) if f else image, network) for f in dict.fromkeys(flips)}
+        members = [per_flip[f] for f in flips]  # (B, ...) each; stacked to (B, N, ...), member order
+        return ConditionOutput(*(torch.stack(parts, 1).flatten(0, 1) for parts in zip(*members, strict=True)))
+
     @torch.no_grad()
     def sample(
         self,
@@ -121,13 +144,14 @@ class DiffusionSegmentationInferer(Inferer):
         generator: torch.Generator | None = None,
         condition: ConditionOutput | None = None,
     ) -> torch.Tensor:
-        """Binarised ensemble samples (B, N, K, H, W) for a batch of 2D images (B, C, H, W); ``condition`` replaces
-        the images' own Condition Model output (the image-reliance diagnostic)."""
+        """Binarised ensemble samples (B, N, K, H, W) for a batch of 2D images (B, C, H, W); ``condition``, the
+        members' conditions from ``member_condition`` of another image, replaces the image's own (the image-reliance
+        diagnostic)."""
         net = unwrap(network)
         b, n, k = image.shape[0], self.ensemble_size, net.out_channels
         self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
         timesteps = self._timesteps()
-        condition = (condition if condition is not None else self.condition(image, network)).repeat_interleave(n)
+        condition = condition if condition is not None else self.member_condition(image, network)
         x = torch.randn((b * n, k, *image.shape[2:]), generator=generator, device=image.device)
         if self.start_t is not None:  # x_{t_s} ~ q(x_{t_s} | anchor)
             anchor = (condition.anchor_logits.float() > 0).float() * 2 - 1
@@ -138,7 +162,11 @@ class DiffusionSegmentationInferer(Inferer):
             with self._autocast(image.device):
                 out = net(x, t, condition=condition)
             x, _ = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
-        return (x > 0).float().reshape(b, n, k, *image.shape[2:])
+        samples = (x > 0).float().reshape(b, n, k, *image.shape[2:])
+        for j, flip in enumerate(self.member_flips()):
+            if flip:  # back to the image's orientation
+                samples[:, j] = samples[:, j].flip(flip)
+        return samples
 
     def _fuse(self, samples: torch.Tensor) -> torch.Tensor:
         if callable(self.fusion):
@@ -153,13 +181,14 @@ class DiffusionSegmentationInferer(Inferer):
         if not diagnostics:
             return self._fuse(self.sample(image, network, generator))
         image, donor = image.chunk(2, dim=1)  # the donor case's image rides along as extra channels
-        own = self.condition(image, network)
+        own = self.member_condition(image, network)
         state = generator.get_state() if generator is not None else None
         pred = self._fuse(self.sample(image, network, generator, own))
         if generator is not None:  # the swapped-condition run draws the same noise
             generator.set_state(state)
-        swapped = self._fuse(self.sample(image, network, generator, self.condition(donor, network)))
-        return {"pred": pred, "anchor": (own.anchor_logits > 0).float(), "pred_swapped": swapped}
+        swapped = self._fuse(self.sample(image, network, generator, self.member_condition(donor, network)))
+        anchor = own.anchor_logits[:: self.ensemble_size]  # member 0's: the unflipped image's
+        return {"pred": pred, "anchor": (anchor > 0).float(), "pred_swapped": swapped}
 
     def __call__(
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, donor: torch.Tensor | None = None, **kwargs: Any

@@ -20,6 +20,7 @@ from ignite.engine import Engine
 from monai.apps.utils import check_hash
 from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
+from torch import nn
 
 from .errors import BundleError
 
@@ -67,6 +68,34 @@ class WeightsLoader(CheckpointLoader):
             patch = saved[token].shape[-1]
             hint = f"The weights have patch_size {patch} (--patch_size {patch}). {hint}"
         return "; ".join(parts) + f". {hint} against training."
+
+
+class InitialWeightsLoader(WeightsLoader):
+    """Fine-tuning: when training starts, loads ``{"model": state dict}`` weights (the shipped format, e.g.
+    ``models/model.pt``) into the network and its EMA copy, so that training starts from them. ``load_path=None``
+    does nothing. Attached before the resume handler, whose checkpoint, when resuming, then takes precedence."""
+
+    def __init__(
+        self,
+        load_path: str | None,
+        network: nn.Module,
+        ema_model: nn.Module | None = None,
+        map_location: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__(load_path=str(load_path), load_dict={"model": network}, map_location=map_location)
+        self.enabled, self.ema_model = load_path is not None, ema_model
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise BundleError(f"init_weights: no weights at {self.load_path}")
+        super().__call__(engine)
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(self.load_dict["model"].state_dict())
+        logger.info(f"training starts from the weights of {self.load_path}")
 
 
 def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> dict | None:
