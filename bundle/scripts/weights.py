@@ -22,6 +22,7 @@ from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from .diffusion import unwrap
 from .errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class InitialWeightsLoader(WeightsLoader):
             raise BundleError(f"init_weights: no weights at {self.load_path}")
         super().__call__(engine)
         if self.ema_model is not None:
-            self.ema_model.load_state_dict(self.load_dict["model"].state_dict())
+            self.ema_model.load_state_dict(unwrap(self.load_dict["model"]).state_dict())  # DDP: the inner module
         logger.info(f"training starts from the weights of {self.load_path}")
 
 
