@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.data import MetaTensor, list_data_collate
 from monai.metrics import DiceMetric
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from tiny_config import TINY_NET
@@ -99,6 +100,22 @@ def test_flipped_members_see_flipped_images_and_are_flipped_back() -> None:
     out = inferer(image, net, donor=image.roll(1, 0))
     torch.testing.assert_close(out["anchor"], truth)
     torch.testing.assert_close(out["pred_swapped"], truth.roll(1, 0)[:, None].expand(4, 6, 1, 16, 16))
+
+
+@pytest.mark.parametrize("flip_members", [False, True])
+def test_reliance_sampling_takes_a_collated_batch_of_meta_tensors(flip_members: bool) -> None:
+    """A validation batch is a MetaTensor whose cases carry different metadata; the reliance path must not index it
+    per member (MONAI refuses to slice such a batch)."""
+    sched = scheduler("ddpm", "sample")
+    image, truth = masks_and_images()
+    items = [{"image": MetaTensor(image[i], meta={"filename_or_obj": f"case{i}.png"})} for i in range(4)]
+    batch = list_data_collate(items)["image"]
+    inferer = DiffusionSegmentationInferer(
+        sched, num_inference_steps=3, ensemble_size=3, fusion="mean", seed=0, flip_members=flip_members
+    )
+    out = inferer(batch, OracleNet("sample", sched.alphas_cumprod), donor=image.roll(1, 0))
+    torch.testing.assert_close(torch.as_tensor(out["pred"]), truth)
+    torch.testing.assert_close(torch.as_tensor(out["anchor"]), truth)
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)

@@ -126,13 +126,17 @@ class DiffusionSegmentationInferer(Inferer):
         return [FLIPS[j % len(FLIPS)] if self.flip_members else () for j in range(self.ensemble_size)]
 
     @torch.no_grad()
-    def member_condition(self, image: torch.Tensor, network: nn.Module) -> ConditionOutput:
-        """Every member's condition, (B * N, ...) in member order: the image's Condition Model output repeated, or
-        with ``flip_members`` the output for each member's flipped image (each distinct flip run once)."""
+    def member_condition(
+        self, image: torch.Tensor, network: nn.Module, own: ConditionOutput | None = None
+    ) -> ConditionOutput:
+        """Every member's condition, (B * N, ...) in member order: the image's Condition Model output (``own``, when
+        already computed) repeated, or with ``flip_members`` the output for each member's flipped image (each
+        distinct flip run once)."""
         flips = self.member_flips()
+        own = own if own is not None else self.condition(image, network)
         if not self.flip_members:
-            return self.condition(image, network).repeat_interleave(len(flips))
-        per_flip = {f: self.condition(image.flip(f) if f else image, network) for f in dict.fromkeys(flips)}
+            return own.repeat_interleave(len(flips))
+        per_flip = {f: self.condition(image.flip(f), network) if f else own for f in dict.fromkeys(flips)}
         members = [per_flip[f] for f in flips]  # (B, ...) each; stacked to (B, N, ...), member order
         return ConditionOutput(*(torch.stack(parts, 1).flatten(0, 1) for parts in zip(*members, strict=True)))
 
@@ -181,14 +185,13 @@ class DiffusionSegmentationInferer(Inferer):
         if not diagnostics:
             return self._fuse(self.sample(image, network, generator))
         image, donor = image.chunk(2, dim=1)  # the donor case's image rides along as extra channels
-        own = self.member_condition(image, network)
+        own = self.condition(image, network)
         state = generator.get_state() if generator is not None else None
-        pred = self._fuse(self.sample(image, network, generator, own))
+        pred = self._fuse(self.sample(image, network, generator, self.member_condition(image, network, own)))
         if generator is not None:  # the swapped-condition run draws the same noise
             generator.set_state(state)
         swapped = self._fuse(self.sample(image, network, generator, self.member_condition(donor, network)))
-        anchor = own.anchor_logits[:: self.ensemble_size]  # member 0's: the unflipped image's
-        return {"pred": pred, "anchor": (anchor > 0).float(), "pred_swapped": swapped}
+        return {"pred": pred, "anchor": (own.anchor_logits > 0).float(), "pred_swapped": swapped}
 
     def __call__(
         self, inputs: torch.Tensor, network: nn.Module, *args: Any, donor: torch.Tensor | None = None, **kwargs: Any
