@@ -159,7 +159,8 @@ class EnsembleFusiond(MapTransform):
 
     @staticmethod
     def _like(ref: Any, array: np.ndarray) -> torch.Tensor:
-        out = torch.as_tensor(array)
+        # on the input's device, as MONAI transforms keep it: validation on a GPU compares with GPU labels
+        out = torch.as_tensor(array, device=ref.device if isinstance(ref, torch.Tensor) else None)
         return (
             MetaTensor(out, meta=ref.meta, applied_operations=ref.applied_operations)
             if isinstance(ref, MetaTensor)

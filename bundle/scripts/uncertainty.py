@@ -289,7 +289,7 @@ class ReliabilityDiagramSaver:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         num_bins = bins.shape[1]
         edges = np.linspace(0, 1, num_bins + 1)
-        count, sum_p, sum_t = (x.numpy() for x in bins.unbind(-1))
+        count, sum_p, sum_t = (x.cpu().numpy() for x in bins.unbind(-1))
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_p, freq = sum_p / count, sum_t / count
         with open(self.output_dir / self.csv_filename, "w", newline="") as f:
