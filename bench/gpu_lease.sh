@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU lease, in one go (docs/benchmarks.md, docs/results.md):
 #  1. training-step and 10-sample ensemble timings on the GPU, of this code and of an older checkout (OLD);
-#  2. the shipped ISIC weights (models/model.pt) fine-tuned for BUDGET seconds (init_weights) at 128 px, batch 32,
-#     fp32 (bf16 autocast measured slower for this preset on an H200: launch-bound), selected on the split's validation cases, as in the CPU runs. The held-out test cases are not sent.
+#  2. the shipped ISIC weights (models/model.pt) fine-tuned for BUDGET seconds (init_weights) at 128 px, batch 32, in
+#     fp32 (bf16 autocast measured slower for this preset on an H200: launch-bound), the best EMA weights selected on
+#     the split's validation cases, as in the CPU runs. The held-out test cases are not sent.
 # The fine-tuned weights come back split in 15 MiB parts (the device tool returns files of at most 16 MiB); evaluate
 # them on a CPU with bench/same_budget_eval.sh (STAPLE needs SimpleITK, which is not on the GPU machine).
 # D: the ISIC images and masks of the split's training and validation cases with a datalist.json of those two lists;
