@@ -6,8 +6,10 @@
 #     the split's validation cases, as in the CPU runs. The held-out test cases are not sent.
 # The fine-tuned weights come back split in 15 MiB parts (the device tool returns files of at most 16 MiB); evaluate
 # them on a CPU with bench/same_budget_eval.sh (STAPLE needs SimpleITK, which is not on the GPU machine).
-# D: the ISIC images and masks of the split's training and validation cases with a datalist.json of those two lists;
-# OLD: a copy of the older checkout's bench/bench_sampling.py and bundle/scripts.
+# D: the ISIC images and masks of the split's training and validation cases with a datalist.json of those two lists
+#   (the shared data does not travel to the GPU machine); made here, before the lease, with
+#   SRC=../shared/data/isic2018_task1_256 D=.gpu/isic bash bench/gpu_lease.sh prepare
+# OLD: a copy of the older checkout's bench/bench_sampling.py and bundle/scripts (e.g. from a c90914e worktree).
 # LIMIT: seconds from the start by which the fine-tuning's budget must end (the lease's command limit, less margin).
 # SKIP_BENCH=1: the fine-tuning alone; MARGIN: seconds allowed past the budget (start-up, last validation).
 # Usage, from the repository root: D=.gpu/isic OLD=.gpu/old BUDGET=300 bash bench/gpu_lease.sh
@@ -15,6 +17,20 @@ set -u
 D=${D:-.gpu/isic}; OLD=${OLD:-.gpu/old}; BUDGET=${BUDGET:-300}; OUT=${OUT:-/tmp/out}; R=${R:-/tmp/r}; PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$R"
+if [ "${1:-}" = prepare ]; then  # copy the training and validation cases of the ISIC split into D
+  SRC=${SRC:?set SRC to the ISIC 2018 data folder} D="$D" $PY - <<'PY'
+import json, os, shutil
+src, dst = os.environ["SRC"], os.environ["D"]
+split = json.load(open("bundle/docs/splits/isic2018_split.json"))
+lists = {k: split[k] for k in ("training", "validation")}
+for case in lists["training"] + lists["validation"]:
+    for key in ("image", "label"):
+        os.makedirs(os.path.dirname(os.path.join(dst, case[key])), exist_ok=True)
+        shutil.copy(os.path.join(src, case[key]), os.path.join(dst, case[key]))
+json.dump(lists, open(os.path.join(dst, "datalist.json"), "w"), indent=1)
+PY
+  exit
+fi
 D=$(realpath "$D"); OLD=$(realpath "$OLD")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import monai, ignite, torch; print('monai', monai.__version__, 'ignite', ignite.__version__, 'torch', torch.__version__)"
