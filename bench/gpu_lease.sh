@@ -33,7 +33,8 @@ PY
 fi
 D=$(realpath "$D"); OLD=$(realpath "$OLD")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import monai, ignite, torch; print('monai', monai.__version__, 'ignite', ignite.__version__, 'torch', torch.__version__)"
+$PY -c "import monai, ignite, torch; print('monai', monai.__version__, 'ignite', ignite.__version__, 'torch', \
+  torch.__version__)"
 T0=$(date +%s)
 [ "${SKIP_BENCH:-0}" = 1 ] || {
   echo "== training step, V2-small and UNet, 128 px, batch 8 (timestep groups none/2/1; fp32/bf16), then the older code"
@@ -57,10 +58,10 @@ LEFT=$(( ${LIMIT:-470} - $(date +%s) + T0 )); [ "$LEFT" -lt "$BUDGET" ] && BUDGE
 echo "== fine-tuning the shipped ISIC weights for $BUDGET s on the GPU"
 cd bundle
 s=$(date +%s)
-timeout $(( BUDGET + ${MARGIN:-150} )) $PY -m monai.bundle run --config_file "['configs/train.yaml']" --dataset_dir "$D" \
-  --datalist "$D/datalist.json" --roi_size 128 --batch_size 32 --num_workers 8 --preset small --patch_size 2 \
-  --amp "${AMP:-False}" --init_weights models/model.pt --epochs 100000 --val_interval "${VAL:-3}" --time_budget_s "$BUDGET" \
-  --run_name gpu_finetune --run_dir "$R/gpu_finetune" > "$OUT/finetune.log" 2>&1
+timeout $(( BUDGET + ${MARGIN:-150} )) $PY -m monai.bundle run --config_file "['configs/train.yaml']" \
+  --dataset_dir "$D" --datalist "$D/datalist.json" --roi_size 128 --batch_size 32 --num_workers 8 --preset small \
+  --patch_size 2 --amp "${AMP:-False}" --init_weights models/model.pt --epochs 100000 --val_interval "${VAL:-3}" \
+  --time_budget_s "$BUDGET" --run_name gpu_finetune --run_dir "$R/gpu_finetune" > "$OUT/finetune.log" 2>&1
 echo "fine-tune rc=$? wall=$(( $(date +%s) - s )) s"
 grep -a "time budget\|waiting for data\|new best\|Key metric" "$OUT/finetune.log" | sed 's/.*INFO - //' | tail -30
 ls -la "$R/gpu_finetune/models"
