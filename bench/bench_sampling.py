@@ -9,6 +9,10 @@ Example::
 
     python bench/bench_sampling.py --preset paper --size 256 --ensemble 10 --settings ddim:10 ddpm:100
     python bench/bench_sampling.py --preset small --size 64 --weights models/model.pt --data isic ...
+    python bench/bench_sampling.py --device cuda --settings ddpm:10 --modes cached-fp32 --profile 15
+
+``--profile N`` then runs the ensemble once more, two DDPM steps in fp32, under the torch profiler (CPU, and CUDA on
+a GPU) and prints the N operators with the most self time on the device.
 """
 
 from __future__ import annotations
@@ -90,6 +94,18 @@ def time_setting(net, image, kind: str, steps: int, ensemble: int, cached: bool,
     return min(times)
 
 
+def profile(net, image, ensemble: int, rows: int) -> None:
+    """The operators with the most self time on the device in a two-step DDPM ensemble (fp32, cached condition)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if image.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        time_setting(net, image, "ddpm", 2, ensemble, True, False, 1)
+    key = "self_cuda_time_total" if image.device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=40), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="paper")
@@ -106,6 +122,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=1e9, help="skip settings whose estimate exceeds this")
     ap.add_argument("--keep-freed-memory", action="store_true", help="scripts.allocator.keep_freed_memory (glibc)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators")
     args = ap.parse_args()
     if args.keep_freed_memory:
         from scripts.allocator import keep_freed_memory
@@ -156,6 +173,8 @@ def main() -> None:
                 name = f"{mode}{'-' + tag if tag else ''}"
                 rows.append({"sampler": kind, "steps": int(steps), "mode": name, "seconds": s})
                 print(f"{kind:5s} {steps:>4s} {name:22s} {s:8.2f} s per image ({args.ensemble} samples)", flush=True)
+    if args.profile:
+        profile(net, image, args.ensemble, args.profile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out = {"info": info, "rows": rows, "peak_rss_gib": peak}
     if device.type == "cuda":

@@ -10,6 +10,10 @@ is the median of ``--repeats`` steps after ``--warmup`` steps, in one process, s
     python bench/bench_train_step.py --preset small --size 128 --batch 8 --groups none 2 1 --amp both
     python bench/bench_train_step.py --preset small --size 128 --batch 8 --patch-size 2 --variants v2
     python bench/bench_train_step.py --preset paper --size 256 --batch 8 --bundle ../old/bundle --variants v2
+    python bench/bench_train_step.py --preset paper --size 256 --batch 8 --amp on --variants v2 --profile 12
+``--flops`` counts the step's floating-point operations per image (torch's FlopCounterMode, one image) by operator;
+``--profile N`` prints the N operators with the most CPU time in one more step (torch profiler); ``--compile`` times
+the network wrapped in ``torch.compile`` (the first step, which compiles, is reported apart).
 """
 
 from __future__ import annotations
@@ -51,6 +55,27 @@ def step_time(step, device: torch.device, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def count_flops(step, one_image: dict) -> None:
+    """FLOPs of one step on one image, by operator (convolutions forward and backward dominate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(data=one_image)
+    print(f"GFLOP per image and step: {counter.get_total_flops() / 1e9:.1f}")
+    for op, n in sorted(counter.get_flop_counts()["Global"].items(), key=lambda kv: -kv[1])[:6]:
+        print(f"  {op}: {n / 1e9:.1f}")
+
+
+def profile(step, rows: int) -> None:
+    """The operators with the most self CPU time in one step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -65,6 +90,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--flops", action="store_true", help="count FLOPs of one V2 step per image, by operator")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators of a step")
+    ap.add_argument("--compile", action="store_true", help="wrap the V2 network in torch.compile")
     args = ap.parse_args()
     sys.path.insert(0, str(args.bundle.resolve()))
     from monai.networks.nets import UNet
@@ -90,6 +118,7 @@ def main() -> None:
                 net = MedSegDiffV2(3, 1, preset=args.preset, **sizes).to(device).train()
                 mf = torch.channels_last if amp else torch.contiguous_format
                 net = net.to(memory_format=mf)
+                model = torch.compile(net) if args.compile else net
                 opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
                 sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta")
                 prep = diffusion.SegDiffusionPrepareBatch(1000, **({"timestep_groups": g} if new_api else {}))
@@ -97,16 +126,22 @@ def main() -> None:
                 inferer = diffusion.SegDiffusionTrainingInferer(sched, **kw)
                 loss_fn = diffusion.MedSegDiffLoss()
 
-                def step(net=net, opt=opt, prep=prep, inferer=inferer, loss_fn=loss_fn, mf=mf) -> None:
-                    img, lbl, _, kwargs = prep(batch, device)
-                    loss = loss_fn(inferer(img.contiguous(memory_format=mf), net, **kwargs), lbl)
+                def step(model=model, opt=opt, prep=prep, inferer=inferer, loss_fn=loss_fn, mf=mf, data=batch) -> None:
+                    img, lbl, _, kwargs = prep(data, device)
+                    loss = loss_fn(inferer(img.contiguous(memory_format=mf), model, **kwargs), lbl)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
 
+                if args.flops:
+                    count_flops(step, {k: v[:1] for k, v in batch.items()})
+                if args.compile:
+                    t0 = time.perf_counter()
+                    step()
+                    print(f"first step (compiles): {time.perf_counter() - t0:.1f} s", flush=True)
                 rows.append(
                     {
-                        "model": name,
+                        "model": name + (", compiled" if args.compile else ""),
                         "timestep_groups": groups,
                         "precision": "bf16" if amp else "fp32",
                         "params": sum(p.numel() for p in net.parameters()),
@@ -114,6 +149,8 @@ def main() -> None:
                     }
                 )
                 print(rows[-1], flush=True)
+                if args.profile:
+                    profile(step, args.profile)
     if "unet" in args.variants:
         for amp in amps:
             unet = UNet(2, 3, 1, (24, 48, 96, 192, 384), (2, 2, 2, 2), num_res_units=2, norm="batch").to(device)

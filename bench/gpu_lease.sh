@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU lease, in one go (docs/benchmarks.md, docs/results.md):
-#  1. training-step and 10-sample ensemble timings on the GPU, of this code and of an older checkout (OLD);
+#  1. training-step and 10-sample ensemble timings on the GPU, of this code and of an older checkout (OLD), and a
+#     profile of this code's ensemble;
 #  2. the shipped ISIC weights (models/model.pt) fine-tuned for BUDGET seconds (init_weights) at 128 px, batch 32, in
 #     fp32 (bf16 autocast measured slower for this preset on an H200: launch-bound), the best EMA weights selected on
 #     the split's validation cases, as in the CPU runs. The held-out test cases are not sent.
@@ -52,6 +53,9 @@ T0=$(date +%s)
     --modes cached-fp32 cached-bf16 --repeats 3 | grep -a "ddpm\|runs"
   timeout 45 $PY "$OLD/bench/bench_sampling.py" --device cuda --preset paper --size 256 --ensemble 10 \
     --settings ddpm:10 --modes cached-fp32 cached-bf16 --repeats 3 | grep -a "ddpm\|runs"
+  echo "== where a denoiser step of this code spends its GPU time (torch profiler, two DDPM steps of the ensemble)"
+  timeout 45 $PY bench/bench_sampling.py --device cuda --preset paper --size 256 --ensemble 10 --settings ddpm:2 \
+    --modes cached-fp32 --profile 20 | grep -av "^{"
   echo "benchmarks took $(( $(date +%s) - T0 )) s"
 } 2>&1 | tee "$OUT/benchmarks.log"
 LEFT=$(( ${LIMIT:-470} - $(date +%s) + T0 )); [ "$LEFT" -lt "$BUDGET" ] && BUDGET=$LEFT  # fit the lease's command limit

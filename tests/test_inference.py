@@ -102,7 +102,7 @@ def test_ensemble_sampling_with_cached_condition_equals_the_uncached_loop() -> N
     with torch.no_grad():
         for t in scheduler.timesteps:
             x, _ = scheduler.step(net(x, t, image=image.repeat_interleave(4, 0)), int(t), x, eta=0.0, generator=g)
-    torch.testing.assert_close(cached, (x > 0).float().reshape(2, 4, 2, 32, 32))
+    torch.testing.assert_close(cached, ((x.clamp(-1, 1) + 1) / 2).reshape(2, 4, 2, 32, 32))
 
 
 def test_condition_model_runs_once_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +173,24 @@ def test_fusion_transform_outputs_labels_and_uncertainty() -> None:
         assert unc[:4].max() == 0 and unc[6:].min() == pytest.approx(0.9183, abs=1e-3)  # H(1/3) in bits
     with pytest.raises(ValueError, match="multiple of ensemble_size"):
         EnsembleFusiond("pred", ensemble_size=4)({"pred": torch.zeros(6, 8, 8)})
+
+
+def test_soft_members_are_fused_as_masks_and_keep_their_probability() -> None:
+    """Soft members (values in [0, 1]): the fusion sees their masks (> 0.5), the probability is their mean and the
+    uncertainty its entropy, so members that agree on the mask but not on their confidence are not certain."""
+    members = np.zeros((2, 1, 4, 4), np.float32)
+    members[0, 0, :2], members[1, 0, :2] = 0.9, 0.7  # both call the top half foreground, unsure to different degrees
+    members[0, 0, 3], members[1, 0, 3] = 0.6, 0.3  # the bottom row: they disagree
+    out = EnsembleFusiond("pred", ensemble_size=2, method="vote", samples_key="samples", probability_key="prob")(
+        {"pred": torch.as_tensor(members.reshape(2, 4, 4))}
+    )
+    labels = np.asarray(out["pred"][0])
+    assert (labels[:2] == 1).all() and (labels[2] == 0).all() and (labels[3] == 1).all()  # vote: ties count
+    np.testing.assert_array_equal(np.asarray(out["samples"]), (members[:, 0] > 0.5).astype(np.uint8))
+    np.testing.assert_allclose(np.asarray(out["prob"]), members.mean(0), atol=1e-6)
+    unc = np.asarray(out["uncertainty"][0])
+    assert unc[:2] == pytest.approx(0.7219, abs=1e-3)  # H(0.8) in bits: binary members would give 0
+    assert unc[2].max() == 0 and unc[3] == pytest.approx(0.9928, abs=1e-3)  # H(0.45)
 
 
 def _islands(num_classes: int) -> torch.Tensor:

@@ -248,6 +248,33 @@ def test_anchor_initialised_sampling_starts_from_the_noised_anchor() -> None:
     assert calls and max(calls) <= 500 and len(calls) < 10
 
 
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_soft_members_are_the_final_mask_estimate_in_0_1(kind: str) -> None:
+    """soft_members: each member is the denoiser's final x0 estimate mapped to [0, 1] (clipped), whose mask (> 0.5) is
+    the binary member's (x0 > 0); without it the members are binary."""
+    sched = scheduler(kind, "sample")
+    x0 = torch.tensor([-2.0, -0.6, -0.1, 0.2, 0.8, 1.5]).repeat(16, 16)[None, None, :16, :16].expand(2, 1, 16, 16)
+
+    class Graded(nn.Module):  # predicts the same graded x0 for any x_t
+        out_channels = 1
+
+        def condition(self, image: torch.Tensor) -> ConditionOutput:
+            return ConditionOutput(image[:, :1], image[:, :1], image[:, :1])
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor, condition: ConditionOutput) -> torch.Tensor:
+            return x0[:1].expand_as(x)
+
+    image = torch.zeros(2, 3, 16, 16)
+    soft = DiffusionSegmentationInferer(sched, num_inference_steps=5, ensemble_size=3, fusion=lambda s: s, seed=0)
+    members = soft(image, Graded())
+    assert members.shape == (2, 3, 1, 16, 16)
+    torch.testing.assert_close(members, ((x0.clamp(-1, 1) + 1) / 2)[:, None].expand_as(members))
+    binary = DiffusionSegmentationInferer(
+        sched, num_inference_steps=5, ensemble_size=3, fusion=lambda s: s, seed=0, soft_members=False
+    )
+    torch.testing.assert_close(binary(image, Graded()), (members > 0.5).float())
+
+
 def reliance(net: nn.Module, sched) -> float:
     image, truth = masks_and_images()
     dataset = DonorDataset([{"image": im} for im in image], seed=0)

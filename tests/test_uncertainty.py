@@ -22,7 +22,6 @@ from scripts.uncertainty import (
     ExpectedCalibrationError,
     ProbabilityUncertaintyd,
     ReliabilityDiagramSaver,
-    from_engine_ensemble_probability,
     from_engine_errors,
 )
 
@@ -126,12 +125,8 @@ def test_ece_is_per_class_per_case_and_pooled_over_pixels() -> None:
 # ---- engine output transforms and the UNet's uncertainty -----------------------------------------------------------
 
 
-def test_transforms_give_ensemble_frequency_multiclass_errors_and_sigmoid_entropy() -> None:
-    samples = torch.tensor([[0, 1, 2, 2], [0, 1, 1, 2], [0, 0, 2, 2], [1, 1, 2, 0]]).float()  # 4 members, 4 pixels
+def test_transforms_give_multiclass_errors_and_sigmoid_entropy() -> None:
     truth = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 1]]).float()  # labels 0, 1, 2, 2
-    probs, truths = from_engine_ensemble_probability()([{"samples": samples, "label": truth}])
-    expected = torch.tensor([[0.25, 0.75, 0.25, 0.0], [0.0, 0.0, 0.75, 0.75]])
-    assert torch.allclose(probs[0], expected) and torch.equal(truths[0], truth)
     pred = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1]]).float()  # labels 0, 1, 1, 2: pixel 2 wrong
     unc = torch.tensor([[0.0, 0.8, 0.9, 0.8]])
     scores, errors = from_engine_errors()({"uncertainty": unc, "pred": pred, "label": truth})

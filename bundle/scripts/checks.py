@@ -149,6 +149,7 @@ RULES: tuple[Rule, ...] = (
     Rule("fusion", one_of("staple", "vote", "mean")),
     Rule("largest_component", boolean()),
     Rule("flip_members", boolean()),
+    Rule("soft_members", boolean()),
     Rule("save_samples", boolean()),
     Rule("keep_samples", boolean()),
     Rule("autocast", boolean()),

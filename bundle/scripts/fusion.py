@@ -111,13 +111,15 @@ def fuse(samples: np.ndarray, method: str = "staple", max_iterations: int = STAP
 
 
 class EnsembleFusiond(MapTransform):
-    """Fuses the ensemble in ``keys`` (N*K binary sample channels, member-major) into a label map and adds an
-    uncertainty map.
+    """Fuses the ensemble in ``keys`` (N*K member channels in [0, 1], member-major; a member's mask is its value above
+    0.5) into a label map and adds an uncertainty map.
 
-    Output: ``keys`` -> (1, *spatial) uint8 labels 0..K; ``uncertainty_key`` -> (1, *spatial) float32, the entropy in
-    bits of the ensemble's per-pixel foreground frequency (maximum over classes; 0 = all members agree); with
-    ``samples_key`` the individual samples are kept as (N, *spatial) label maps. With several ``keys`` (e.g. the
-    ensemble drawn with another case's condition), the uncertainty and the samples are those of the first key.
+    Output: ``keys`` -> (1, *spatial) uint8 labels 0..K, the ``method`` fusion of the members' masks;
+    ``uncertainty_key`` -> (1, *spatial) float32, the entropy in bits of the members' mean foreground probability
+    (maximum over classes; 0 = all members agree and are sure); ``probability_key`` -> (K, *spatial) float32, that
+    mean probability per class; with ``samples_key`` the members' masks are kept as (N, *spatial) label maps. Binary
+    members give the foreground frequency. With several ``keys`` (e.g. the ensemble drawn with another case's
+    condition), the uncertainty, probability and samples are those of the first key.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class EnsembleFusiond(MapTransform):
         method: str = "staple",
         uncertainty_key: str | None = "uncertainty",
         samples_key: str | None = None,
+        probability_key: str | None = None,
         staple_max_iterations: int = STAPLE_MAX_ITERATIONS,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -135,7 +138,7 @@ class EnsembleFusiond(MapTransform):
         if method not in METHODS:
             raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
         self.ensemble_size, self.method = ensemble_size, method
-        self.uncertainty_key, self.samples_key = uncertainty_key, samples_key
+        self.uncertainty_key, self.samples_key, self.probability_key = uncertainty_key, samples_key, probability_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -146,13 +149,17 @@ class EnsembleFusiond(MapTransform):
                 raise ValueError(
                     f"{key} has {arr.shape[0]} channels, not a multiple of ensemble_size={self.ensemble_size}"
                 )
-            samples = (arr > 0.5).reshape(self.ensemble_size, -1, *arr.shape[1:]).astype(np.uint8)
+            members = np.asarray(arr, dtype=np.float32).reshape(self.ensemble_size, -1, *arr.shape[1:])
+            samples = (members > 0.5).astype(np.uint8)
             d[key] = self._like(pred, fuse(samples, self.method, self.staple_max_iterations)[None])
             if i > 0:
                 continue
+            probability = members.mean(0)
             if self.uncertainty_key:
-                entropy = binary_entropy(samples.mean(0)).max(0)[None].astype(np.float32)
+                entropy = binary_entropy(probability).max(0)[None].astype(np.float32)
                 d[self.uncertainty_key] = self._like(pred, entropy)
+            if self.probability_key:
+                d[self.probability_key] = self._like(pred, probability)
             if self.samples_key:
                 d[self.samples_key] = self._like(pred, np.stack([onehot_to_labels(s, 0) for s in samples]))
         return d

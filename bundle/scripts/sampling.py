@@ -35,9 +35,9 @@ class DiffusionSegmentationInferer(Inferer):
         scheduler: a MONAI scheduler sharing the training noise schedule (``DDIMScheduler`` for few steps).
         num_inference_steps: sampling steps.
         ensemble_size: samples per image (the paper uses 10).
-        fusion: ``"mean"`` (per-pixel mean of the binarised samples, a soft mask in [0, 1]), ``"samples"`` (the
-            binarised samples stacked as (B, N*K, H, W), for a fusion postprocessing such as STAPLE), or a
-            callable mapping (B, N, K, H, W) samples to the output.
+        fusion: ``"mean"`` (per-pixel mean of the members, a soft mask in [0, 1]), ``"samples"`` (the members
+            stacked as (B, N*K, H, W), for a fusion postprocessing such as STAPLE, which binarises them at 0.5), or a
+            callable mapping (B, N, K, H, W) members to the output.
         seed: seeds the sampling noise at every call, so the same input gives the same output; ``None`` uses the
             global generator.
         slice_axis: spatial axis along which a 3D volume (B, C, H, W, D) is sliced; volumes go through
@@ -73,6 +73,7 @@ class DiffusionSegmentationInferer(Inferer):
         channels_last: bool = False,
         start_t: int | None = None,
         flip_members: bool = False,
+        soft_members: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -90,6 +91,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.start_t = start_t
         self.flip_members = flip_members
+        self.soft_members = soft_members
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -148,9 +150,9 @@ class DiffusionSegmentationInferer(Inferer):
         generator: torch.Generator | None = None,
         condition: ConditionOutput | None = None,
     ) -> torch.Tensor:
-        """Binarised ensemble samples (B, N, K, H, W) for a batch of 2D images (B, C, H, W); ``condition``, the
-        members' conditions from ``member_condition`` of another image, replaces the image's own (the image-reliance
-        diagnostic)."""
+        """Ensemble members (B, N, K, H, W) in [0, 1] (binary without ``soft_members``) for a batch of 2D images
+        (B, C, H, W); ``condition``, the members' conditions from ``member_condition`` of another image, replaces the
+        image's own (the image-reliance diagnostic)."""
         net = unwrap(network)
         b, n, k = image.shape[0], self.ensemble_size, net.out_channels
         self.scheduler.set_timesteps(self.num_inference_steps, device=image.device)
@@ -166,7 +168,8 @@ class DiffusionSegmentationInferer(Inferer):
             with self._autocast(image.device):
                 out = net(x, t, condition=condition)
             x, _ = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
-        samples = (x > 0).float().reshape(b, n, k, *image.shape[2:])
+        x = ((x.float().clamp(-1, 1) + 1) / 2) if self.soft_members else (x > 0).float()
+        samples = x.reshape(b, n, k, *image.shape[2:])
         for j, flip in enumerate(self.member_flips()):
             if flip:  # back to the image's orientation
                 samples[:, j] = samples[:, j].flip(flip)

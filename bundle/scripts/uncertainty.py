@@ -5,10 +5,10 @@ reliability diagram, for the diffusion ensemble and the UNet baseline alike.
 Inputs, per case (channel-first, any spatial size; volumes are scored whole):
 
 - uncertainty map (1, *spatial): the ensemble's ``uncertainty`` of ``EnsembleFusiond`` (entropy of the members'
-  foreground frequency, maximum over classes) or, for the UNet, the same entropy of its sigmoid probability
+  mean foreground probability, maximum over classes) or, for the UNet, the same entropy of its sigmoid probability
   (:class:`ProbabilityUncertaintyd`);
-- foreground probability (K, *spatial) per class: the ensemble's mean of its binary samples
-  (:func:`from_engine_ensemble_probability`) or the UNet's sigmoid;
+- foreground probability (K, *spatial) per class: the ensemble members' mean (``EnsembleFusiond``'s
+  ``probability_key``) or the UNet's sigmoid;
 - prediction and truth as (K, *spatial) one-hot foreground channels.
 
 Multi-class choice: the error map is one map, ``prediction label != true label`` (any class wrong), scored against the
@@ -46,7 +46,6 @@ __all__ = [
     "auroc_from_counts",
     "calibration_bins",
     "ece_from_bins",
-    "from_engine_ensemble_probability",
     "from_engine_errors",
 ]
 
@@ -217,26 +216,6 @@ def from_engine_errors(
             scores.append(torch.as_tensor(item[uncertainty_key]).detach().cpu().float().reshape(1, *wrong.shape))
             errors.append(torch.from_numpy(wrong[None]).float())
         return scores, errors
-
-    return transform
-
-
-def from_engine_ensemble_probability(
-    samples_key: str = "samples", label_key: str = "label"
-) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Output transform for :class:`ExpectedCalibrationError` on the ensemble: the mean foreground probability of each
-    class, the share of the members' label maps (``samples_key``, (N, *spatial), values 0..K) that are that class, and
-    the one-hot truth (K, *spatial)."""
-
-    def transform(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        probs, truths = [], []
-        for item in _items(output):
-            samples = torch.as_tensor(item[samples_key]).detach().cpu().round().long()
-            truth = torch.as_tensor(item[label_key]).detach().cpu().float()
-            classes = torch.arange(1, truth.shape[0] + 1).reshape(-1, 1, *([1] * (samples.ndim - 1)))
-            probs.append((samples[None] == classes).float().mean(1))
-            truths.append(truth)
-        return probs, truths
 
     return transform
 
