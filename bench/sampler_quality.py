@@ -81,7 +81,9 @@ def main() -> None:
     for setting in args.settings:
         kind, steps = setting.split(":")
         sched = (DDIMScheduler if kind == "ddim" else RespacedDDPMScheduler)(1000, schedule="linear_beta")
-        inferer = DiffusionSegmentationInferer(sched, int(steps), args.ensemble, fusion="samples", seed=0)
+        inferer = DiffusionSegmentationInferer(
+            sched, int(steps), args.ensemble, fusion="samples", seed=0, soft_members=False
+        )
         fused, curve, single = [], np.zeros(args.ensemble), []
         t0 = time.perf_counter()
         for img, gt in cases:
