@@ -33,7 +33,7 @@ sys.path.insert(0, str(BUNDLE))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from scripts.fusion import binary_entropy, fuse  # noqa: E402
-from scripts.uncertainty import auroc_from_counts  # noqa: E402
+from scripts.uncertainty import auroc_from_counts, calibration_bins, ece_from_bins  # noqa: E402
 
 
 def auroc(scores: np.ndarray, errors: np.ndarray) -> float:
@@ -44,11 +44,9 @@ def auroc(scores: np.ndarray, errors: np.ndarray) -> float:
     return auroc_from_counts(torch.from_numpy(n_pos), torch.from_numpy(n_neg))
 
 
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    return float(
-        sum((idx == b).mean() * abs(p[idx == b].mean() - y[idx == b].mean()) for b in range(bins) if (idx == b).any())
-    )
+def ece(p: np.ndarray, y: np.ndarray) -> float:
+    """Pooled ECE with 15 equal-width bins, as ``scripts.uncertainty.ExpectedCalibrationError`` computes it."""
+    return float(ece_from_bins(calibration_bins(torch.from_numpy(p)[None], torch.from_numpy(y)[None]))[0])
 
 
 def main() -> None:
@@ -99,10 +97,9 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             sched.set_timesteps(args.steps)
             x = torch.randn((args.ensemble, 1, *image.shape[2:]), generator=g)
-            estimates = []
+            previous = out = x  # the x0 estimates of the last two steps
             for t in sched.timesteps:
-                out = net(x, t, condition=cond).float()
-                estimates.append((out.clamp(-1, 1) + 1) / 2)
+                previous, out = out, net(x, t, condition=cond).float()
                 x, _ = sched.step(out, int(t), x, generator=g)
         soft = ((x.clamp(-1, 1) + 1) / 2)[:, 0].numpy()
         binary = (soft > 0.5).astype(np.uint8)
@@ -114,7 +111,7 @@ def main() -> None:
         for k, v in p.items():
             probs[k].append(v.ravel())
             maps[k].append(binary_entropy(v).ravel())
-        maps["x0_prev"].append(binary_entropy(estimates[-2][:, 0].numpy().mean(0)).ravel())
+        maps["x0_prev"].append(binary_entropy(((previous.clamp(-1, 1) + 1) / 2)[:, 0].numpy().mean(0)).ravel())
         errors.append((fused != truth).ravel())
         truths.append(truth.ravel())
     err, y = np.concatenate(errors), np.concatenate(truths).astype(float)
