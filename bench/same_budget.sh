@@ -5,11 +5,12 @@
 # epochs of 50 iterations picks model.pt. RESUME=True continues both runs from their latest checkpoints (a further
 # BUDGET seconds each), so a long budget can be spread over several sittings.
 # Usage, from the repository root: BUDGET=7200 ROI=128 bash bench/same_budget.sh   (then RESUME=True ... to continue)
-# V2ARGS: more V2 settings, with V2NAME naming that run (runs/<NAME>_<V2NAME>); RUNS: which of the two to train, e.g.
+# V2ARGS: more V2 settings, with V2NAME naming that run (runs/<NAME>_<V2NAME>); UNETARGS: more UNet settings (they
+# come last, so they override the common batch size); RUNS: which of the two to train, e.g.
 #   V2NAME=v2p2 V2ARGS="--patch_size 2" RUNS=v2 VAL=8 BUDGET=5700 ROI=128 bash bench/same_budget.sh
 set -u
 BUDGET=${BUDGET:-3600}; ROI=${ROI:-128}; NAME=${NAME:-same_budget_isic$ROI}; VAL=${VAL:-10}; RESUME=${RESUME:-False}
-V2NAME=${V2NAME:-v2}; V2ARGS=${V2ARGS:-}; RUNS=${RUNS:-v2 unet}
+V2NAME=${V2NAME:-v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; RUNS=${RUNS:-v2 unet}
 D=${D:-$PWD/../shared/data}; R=${R:-/tmp/$NAME}; PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
 cd bundle
 ISIC="--dataset_dir $D/isic2018_task1_256 --datalist $PWD/docs/splits/isic2018_split.json --roi_size $ROI"
@@ -22,5 +23,5 @@ train() {  # core name configs [settings]
   echo "$2 train rc=$? wall=$(( $(date +%s) - s ))s resume=$RESUME" >> "$R/summary.txt"
 }
 [[ " $RUNS " == *" v2 "* ]] && train 0 "$V2NAME" "['configs/train.yaml']" "$V2ARGS" &
-[[ " $RUNS " == *" unet "* ]] && train 1 unet "['configs/train.yaml','configs/baseline.yaml']" &
+[[ " $RUNS " == *" unet "* ]] && train 1 unet "['configs/train.yaml','configs/baseline.yaml']" "$UNETARGS" &
 wait

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.data import MetaTensor, list_data_collate
 from monai.metrics import DiceMetric
@@ -17,7 +18,14 @@ from tiny_config import TINY_NET
 from torch import nn
 
 from scripts.diagnostics import DonorDataset, ImageRelianceHandler, donor_indices, loss_terms
-from scripts.diffusion import MedSegDiffLoss, SegDiffusionTrainingInferer, min_snr_weight, stratified_timesteps
+from scripts.diffusion import (
+    AnchorWarmup,
+    MedSegDiffLoss,
+    SegDiffusionTrainingInferer,
+    min_snr_weight,
+    predicted_x0,
+    stratified_timesteps,
+)
 from scripts.ema import PowerMomentum
 from scripts.networks import MedSegDiffV2, NBPFilter
 from scripts.networks.nbp_filter import nbp_filters
@@ -134,6 +142,78 @@ def test_training_target_matches_the_scheduler_convention(prediction_type: str) 
         image, Wrapped(), truth, torch.randn_like(truth), torch.tensor([3, 250, 600, 999])
     )
     torch.testing.assert_close(pred["prediction"], pred["target"], rtol=1e-4, atol=1e-4)
+
+
+class CountingOracle(nn.Module):
+    """The training call of :class:`OracleNet` (prediction, anchor logits), recording each call's x_t and t; its
+    x0 is ``shift`` away from the truth, so that a recycled x_t differs from one noised from the truth."""
+
+    def __init__(self, prediction_type: str, abar: torch.Tensor, shift: float = 0.0) -> None:
+        super().__init__()
+        self.oracle, self.shift, self.calls = OracleNet(prediction_type, abar), shift, []
+        self.out_channels = 1
+
+    def condition(self, image: torch.Tensor) -> ConditionOutput:
+        self.calls.append(("condition", None, None))
+        return self.oracle.condition(image)
+
+    def forward(self, x, timesteps, image, with_anchor=False):
+        self.calls.append(("denoiser", x.clone(), torch.as_tensor(timesteps).clone()))
+        cond = self.oracle.condition(image)
+        cond = ConditionOutput(cond.anchor_logits, cond.feature + self.shift, cond.embedding)
+        out = self.oracle(x, timesteps, cond)
+        return (out, cond.anchor_logits) if with_anchor else out
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_recycling_noises_the_models_own_x0_and_still_targets_the_truth(prediction_type: str) -> None:
+    """Recycling (Fu et al.): a no-gradient call at t = T - 1 gives x0_hat; x_t is x0_hat noised to t, and the target
+    is the one whose implied x0 is the true mask."""
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type=prediction_type)
+    net = CountingOracle(prediction_type, sched.alphas_cumprod, shift=0.25)  # x0_hat = truth's x0 + 0.5
+    image, truth = masks_and_images()
+    noise, t = torch.randn_like(truth), torch.tensor([3, 250, 600, 900])
+    pred = SegDiffusionTrainingInferer(sched, recycling=1.0)(image, net, truth, noise, t)
+    (_, x_last, t_last), (_, x_t, t_used) = net.calls
+    assert (t_last == 999).all() and torch.equal(t_used, t)
+    x0_hat = (truth * 2 - 1 + 0.5).clamp(-1, 1)  # the shifted oracle's estimate, clipped
+    torch.testing.assert_close(x_t, sched.add_noise(x0_hat, noise, t))
+    implied = predicted_x0(sched, pred["target"], x_t, t)  # the target leads back to the true mask
+    torch.testing.assert_close(implied, truth * 2 - 1, rtol=1e-3, atol=1e-3)
+    plain = SegDiffusionTrainingInferer(sched, recycling=0.0)(
+        image, CountingOracle(prediction_type, sched.alphas_cumprod), truth, noise, t
+    )
+    torch.testing.assert_close(
+        plain["target"],
+        OracleNet(prediction_type, sched.alphas_cumprod)(
+            sched.add_noise(truth * 2 - 1, noise, t),
+            t,
+            OracleNet(prediction_type, sched.alphas_cumprod).condition(image),
+        ),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_anchor_warmup_trains_the_condition_model_alone_first() -> None:
+    """During the warm-up the denoiser is never called and the loss is the anchor term at every timestep."""
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type="sample")
+    net = CountingOracle("sample", sched.alphas_cumprod)
+    inferer = SegDiffusionTrainingInferer(sched)
+    warmup = AnchorWarmup(inferer, iterations=2)
+    engine = Engine(lambda e, b: None)
+    warmup.attach(engine)
+    image, truth = masks_and_images()
+    t = torch.tensor([1, 2, 3, 4])  # no t is 0 mod alpha: outside the warm-up the anchor term would be gated off
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(inferer.warmup))
+    engine.run([0, 1, 2], max_epochs=1)
+    assert seen == [True, True, False]
+    inferer.warmup = True
+    pred = inferer(image, net, truth, torch.randn_like(truth), t)
+    assert [c[0] for c in net.calls] == ["condition"] and "prediction" not in pred
+    loss = MedSegDiffLoss(alpha=5, beta=10.0)(pred, truth)
+    assert pred["loss_n"].abs().sum() == 0 and (pred["loss_anchor"] > 0).all() and loss > 0
 
 
 def test_min_snr_weights_follow_hang_et_al() -> None:
@@ -323,8 +403,8 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
 
 
 def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
-    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16 and the validation diagnostics
-    through the real training workflow (tiny network, one epoch)."""
+    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16, recycling, the anchor warm-up
+    and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
     wf = bundle_workflow(
         "train.yaml",
         "quick.yaml",
@@ -342,6 +422,8 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         timestep_groups=1,
         amp=True,
         sample_start_t=600,
+        recycling=1.0,
+        anchor_warmup_iterations=2,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
     wf.run()

@@ -163,6 +163,8 @@ RULES: tuple[Rule, ...] = (
     # diffusion options (checked where a config defines them)
     Rule("prediction_type", one_of("epsilon", "sample", "v_prediction")),
     Rule("snr_gamma", optional(number(0.0, low_open=True))),
+    Rule("recycling", number(0.0, 1.0)),
+    Rule("anchor_warmup_iterations", integer(0)),
     Rule("timestep_groups", optional(integer(1))),
     Rule("amp", boolean()),
     Rule("filter_checkpointing", boolean()),

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine, Events
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer
 from monai.losses import DiceLoss
@@ -83,6 +84,25 @@ def prediction_target(
     return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
 
+def predicted_x0(
+    scheduler: Scheduler, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The x0 that a denoiser ``prediction`` at (x_t, t) implies, for ``scheduler.prediction_type``, in [-1, 1]."""
+    kind = scheduler.prediction_type
+    if kind == "sample":
+        return prediction.clamp(-1, 1)
+    abar = scheduler.alphas_cumprod.to(x_t.device)[timesteps.long()].view(-1, *([1] * (x_t.ndim - 1)))
+    if kind == "epsilon":
+        return ((x_t - (1 - abar).sqrt() * prediction) / abar.sqrt()).clamp(-1, 1)
+    return (abar.sqrt() * x_t - (1 - abar).sqrt() * prediction).clamp(-1, 1)
+
+
+def implied_noise(scheduler: Scheduler, x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The noise that takes the true ``x0`` to ``x_t`` at ``timesteps`` (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps)."""
+    abar = scheduler.alphas_cumprod.to(x_t.device)[timesteps.long()].view(-1, *([1] * (x_t.ndim - 1)))
+    return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
 def min_snr_weight(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
     """Per-case weight of the diffusion loss. ``None``: 1 (the plain MSE of the prediction target). Otherwise
     min-SNR-gamma (Hang et al., ICCV 2023), expressed for the prediction target: min(SNR, gamma) on the x0 error,
@@ -103,15 +123,42 @@ class SegDiffusionTrainingInferer(Inferer):
         scheduler: the training noise schedule; its ``prediction_type`` sets the target.
         snr_gamma: min-SNR-gamma loss weighting (``None``: unweighted, the paper's L_n for ``epsilon``).
         autocast_dtype: e.g. ``torch.bfloat16``: the network runs under autocast (the loss stays in float32).
+        recycling: share of the batches trained by recycling (Fu et al., MELBA 2023): x0 is first predicted without
+            gradient from the mask noised to t = T - 1 (as sampling starts), that prediction is noised to x_t, and the
+            denoiser learns to recover the true mask from it. 0: the paper's training. Not in the paper.
+
+    ``warmup`` (set by :class:`AnchorWarmup`): only the Condition Model runs, for the anchor term of eq. 3.
     """
 
     def __init__(
-        self, scheduler: Scheduler, snr_gamma: float | None = None, autocast_dtype: torch.dtype | None = None
+        self,
+        scheduler: Scheduler,
+        snr_gamma: float | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        recycling: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= recycling <= 1.0:
+            raise ValueError(f"recycling is a share of the batches in [0, 1], got {recycling}.")
         self.scheduler = scheduler
         self.snr_gamma = snr_gamma
         self.autocast_dtype = autocast_dtype
+        self.recycling = recycling
+        self.warmup = False
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def recycled_x0(self, inputs: torch.Tensor, network: nn.Module, x0: torch.Tensor) -> torch.Tensor:
+        """The denoiser's x0 estimate from the true mask noised to the last training timestep (no gradient)."""
+        last = torch.full((x0.shape[0],), self.scheduler.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
+        x_last = self.scheduler.add_noise(original_samples=x0, noise=torch.randn_like(x0), timesteps=last)
+        with self._autocast(inputs.device):
+            out = network(x_last, last, image=inputs)
+        return predicted_x0(self.scheduler, out.float(), x_last, last)
 
     def __call__(  # type: ignore[override]
         self,
@@ -121,22 +168,42 @@ class SegDiffusionTrainingInferer(Inferer):
         noise: torch.Tensor,
         timesteps: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
+        if self.warmup:
+            with self._autocast(inputs.device):
+                anchor = unwrap(network).condition(inputs).anchor_logits
+            return {"anchor": anchor.float(), "timesteps": timesteps}
         x0 = mask.float() * 2 - 1
-        x_t = self.scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
-        autocast = (
-            torch.autocast(inputs.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        recycle = self.recycling > 0 and torch.rand(()).item() < self.recycling
+        start = self.recycled_x0(inputs, network, x0) if recycle else x0
+        x_t = self.scheduler.add_noise(original_samples=start, noise=noise, timesteps=timesteps)
+        # the target always points at the true mask: from a recycled x_t, its noise is the one implied by the truth
+        target_noise = implied_noise(self.scheduler, x0, x_t, timesteps) if recycle else noise
+        with self._autocast(inputs.device):
             prediction, anchor = network(x_t, timesteps, image=inputs, with_anchor=True)
         return {
             "prediction": prediction.float(),
-            "target": prediction_target(self.scheduler, x0, noise, timesteps),
+            "target": prediction_target(self.scheduler, x0, target_noise, timesteps),
             "weight": min_snr_weight(self.scheduler, timesteps, self.snr_gamma),
             "anchor": anchor.float(),
             "timesteps": timesteps,
         }
+
+
+class AnchorWarmup:
+    """Curriculum: the first ``iterations`` training iterations train the Condition Model alone as a plain
+    segmenter (eq. 3's anchor term at every step, no denoiser call), then joint training starts. Not in the paper."""
+
+    def __init__(self, inferer: SegDiffusionTrainingInferer, iterations: int = 0) -> None:
+        if iterations < 0:
+            raise ValueError(f"anchor_warmup_iterations must be >= 0, got {iterations}.")
+        self.inferer, self.iterations = inferer, iterations
+
+    def attach(self, engine: Engine) -> None:
+        if self.iterations:
+            engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.inferer.warmup = engine.state.iteration <= self.iterations
 
 
 class MedSegDiffLoss(nn.Module):
@@ -145,7 +212,8 @@ class MedSegDiffLoss(nn.Module):
     L_n is the (optionally min-SNR weighted) MSE of the prediction target: the noise in the paper, or x0 / v
     (``prediction_type``). The anchor logits hold one sigmoid channel per foreground class, so L_ce is the binary
     cross-entropy per channel (for a single class it is exactly the two-class cross-entropy). The two terms' batch
-    means are written back into ``pred`` as ``loss_n`` and ``loss_anchor`` (detached), for logging.
+    means are written back into ``pred`` as ``loss_n`` and ``loss_anchor`` (detached), for logging. During an
+    :class:`AnchorWarmup` (no denoiser prediction) the anchor term is applied at every step and L_n is 0.
     """
 
     def __init__(self, alpha: int = 5, beta: float = 10.0) -> None:
@@ -155,12 +223,16 @@ class MedSegDiffLoss(nn.Module):
 
     def forward(self, pred: dict[str, torch.Tensor], label: torch.Tensor) -> torch.Tensor:
         label = label.float()
-        mse = F.mse_loss(pred["prediction"], pred["target"], reduction="none").flatten(1).mean(1)
-        l_n = pred["weight"] * mse
         anchor = pred["anchor"]
+        warmup = "prediction" not in pred  # AnchorWarmup: the anchor term alone, at every step
+        if warmup:
+            l_n = torch.zeros(anchor.shape[0], device=anchor.device)
+        else:
+            mse = F.mse_loss(pred["prediction"], pred["target"], reduction="none").flatten(1).mean(1)
+            l_n = pred["weight"] * mse
         l_dice = self.dice(anchor, label).flatten(1).mean(1)
         l_ce = F.binary_cross_entropy_with_logits(anchor, label, reduction="none").flatten(1).mean(1)
-        gate = (pred["timesteps"] % self.alpha == 0).float()
+        gate = torch.ones_like(l_n) if warmup else (pred["timesteps"] % self.alpha == 0).float()
         l_anchor = gate * (l_dice + self.beta * l_ce)
         pred["loss_n"], pred["loss_anchor"] = l_n.detach(), l_anchor.detach()
         return (l_n + l_anchor).mean()
