@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from monai.networks.schedulers import DDIMScheduler
 from tiny_config import TINY_NET
 
-from scripts.export import FILES, ExportedMedSegDiffV2, export, export_programs, save_programs
-from scripts.networks import MedSegDiffV2
+from scripts.export import (
+    FILES,
+    ExportedMedSegDiffV2,
+    export,
+    export_programs,
+    read_extra_files,
+    save_programs,
+)
+from scripts.networks import EnsembleSegmenter, MedSegDiffV2
 from scripts.sampling import DiffusionSegmentationInferer
 
 ROI = 32
@@ -70,17 +79,38 @@ def test_sampling_with_the_exported_pair_matches_eager(net: MedSegDiffV2, export
         pair(torch.randn(2, 2, ROI, ROI), torch.tensor([1.0, 2.0]), pair.condition(torch.randn(2, 1, ROI, ROI)))
 
 
+def test_the_exported_pair_runs_the_whole_inference_as_one_network(net: MedSegDiffV2, exported: Path) -> None:
+    """``EnsembleSegmenter`` (image -> fused segmentation, what verify_net_in_out calls) over the exported pair."""
+    make = lambda: DiffusionSegmentationInferer(DDIMScheduler(1000), 3, 4, fusion="samples", seed=1)  # noqa: E731
+    image = torch.randn(2, 1, ROI, ROI)
+    want = EnsembleSegmenter(net, make(), 4, "staple")(image)
+    got = EnsembleSegmenter(ExportedMedSegDiffV2.load(exported), make(), 4, "staple")(image)
+    assert got.shape == want.shape == (2, 2, ROI, ROI) and got.dtype == torch.float32
+    assert (got == want).float().mean() > 0.999  # float noise may flip a rare pixel of a member
+
+
 def test_export_reads_the_network_from_the_bundle_config(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
     config = str(bundle_root / "configs" / "inference.yaml")
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     paths = export(str(tmp_path / "model.pt"), str(tmp_path / "out"), config, **OVERRIDES)
     pair, image = ExportedMedSegDiffV2.load(tmp_path / "out"), torch.randn(2, 1, ROI, ROI)
     assert set(paths) == {"condition", "denoiser"}
+    for path in paths.values():  # as MONAI's ckpt_export: the metadata and the configs travel with the program
+        extra = read_extra_files(path)
+        assert extra["metadata.json"] == json.loads((bundle_root / "configs" / "metadata.json").read_text())
+        assert extra["configs.json"] == {"inference.yaml": yaml.safe_load(Path(config).read_text())}
+        assert extra["overrides.json"] == OVERRIDES
     with torch.no_grad():
         torch.testing.assert_close(pair.condition(image).feature, net.condition(image).feature, atol=1e-5, rtol=1e-4)
     torch.save({"model": MedSegDiffV2(1, 1, **TINY_NET).state_dict()}, tmp_path / "other.pt")  # 1 class, not 2
     with pytest.raises(RuntimeError, match="size mismatch"):
         export(str(tmp_path / "other.pt"), str(tmp_path / "x"), config, **OVERRIDES)
+
+
+def test_only_the_known_extra_files_are_stored(exported: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="extra files"):
+        save_programs({}, tmp_path, {"notes.txt": "x"})
+    assert read_extra_files(exported / FILES["denoiser"]) == {}  # saved without any
 
 
 def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
@@ -96,3 +126,6 @@ def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path
     assert run.returncode == 0, run.stderr[-3000:]
     pair = ExportedMedSegDiffV2.load(tmp_path)
     assert (pair.in_channels, pair.out_channels) == (1, 2)  # from inference_volume.yaml: MR, 2 structures
+    extra = read_extra_files(tmp_path / FILES["condition"])
+    assert set(extra["configs.json"]) == {"inference.yaml", "inference_volume.yaml"}
+    assert extra["overrides.json"]["roi_size"] == ROI and "metadata.json" in extra

@@ -23,6 +23,7 @@ from scripts.fusion import EnsembleFusiond, fuse, staple_binary, staple_multilab
 from scripts.networks import MedSegDiffV2
 from scripts.sampling import DiffusionSegmentationInferer
 from scripts.schedulers import RespacedDDPMScheduler
+from scripts.transforms import SliceContextd, stack_context
 
 NET = TINY_NET
 FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
@@ -420,3 +421,48 @@ def test_keep_freed_memory_stops_refaulting_large_per_step_tensors(bundle_root: 
         assert out[0] == str(mode == "keep")
         faults[mode] = int(out[1])
     assert faults["keep"] * 4 < faults["default"], faults  # measured: a few reuses fault again, never most
+
+
+def test_2_5d_volume_keeps_its_geometry_and_each_slice_sees_its_neighbours(
+    bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """context_slices=1: the sampler gets 3 slices per image channel, the middle one the slice itself, and the
+    output keeps the input's shape, affine and orientation."""
+    vol = _non_ras_volume(bundle_root, tmp_path / "case.nii.gz")
+    ckpt = save_weights(tmp_path / "model.pt", 3, 2)  # 1 MR channel x (2 * 1 + 1) slices
+    seen: list[torch.Tensor] = []
+    original = DiffusionSegmentationInferer._sample_2d
+
+    def spy(self, image, network, generator, diagnostics=False):
+        seen.append(image.clone())
+        return original(self, image, network, generator, diagnostics)
+
+    monkeypatch.setattr(DiffusionSegmentationInferer, "_sample_2d", spy)
+    run_inference(
+        bundle_workflow,
+        tmp_path,
+        "inference_volume.yaml",
+        input=str(tmp_path / "case.nii.gz"),
+        ckpt_path=str(ckpt),
+        context_slices=1,
+        slice_batch=4,
+    )
+    seg = nib.load(tmp_path / "out" / "case_seg.nii.gz")
+    assert seg.shape == vol.shape
+    np.testing.assert_allclose(seg.affine, vol.affine, atol=1e-4)
+    assert nib.aff2axcodes(seg.affine) == ("L", "P", "I")
+    slices = torch.cat(seen)  # (depth, 3, H, W) in slice order
+    assert slices.shape[1] == 3 and slices.shape[0] == vol.shape[2]
+    torch.testing.assert_close(slices[1:, 0], slices[:-1, 1])  # slice i's previous neighbour is slice i - 1
+    torch.testing.assert_close(slices[:-1, 2], slices[1:, 1])  # slice i's next neighbour is slice i + 1
+    torch.testing.assert_close(slices[0, 0], slices[0, 1])  # beyond the volume the edge slice repeats
+
+
+def test_stack_context_and_slice_contextd_agree_on_the_channel_order() -> None:
+    """Training's slab (SliceContextd) and inference's shifted volume (stack_context) give a slice the same channels."""
+    volume = torch.arange(2 * 4 * 4 * 6, dtype=torch.float32).reshape(2, 4, 4, 6)  # (C, H, W, D)
+    stacked = stack_context(volume, 2, axis=-1)  # (C * 5, H, W, D)
+    slab = {"image": volume[..., 1:6], "label": torch.zeros(1, 4, 4, 5)}  # the slab centred on slice 3
+    out = SliceContextd(keys="image", context=2)(slab)
+    torch.testing.assert_close(out["image"], stacked[..., 3])
+    assert out["label"].shape == (1, 4, 4)

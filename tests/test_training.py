@@ -216,3 +216,18 @@ def test_tracking_with_mlflow_records_the_run(bundle_root: Path, tmp_path: Path)
     assert runs, "no MLflow run recorded"
     metrics = set().union(*(r.data.metrics for r in runs))
     assert "train_loss" in metrics and "val_mean_dice" in metrics, metrics
+
+
+def test_2_5d_training_gives_each_slice_its_neighbours_as_channels(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    """context_slices through monai.bundle: 3 slices per MR channel into a 3-channel network, validated on whole
+    volumes (which the sampler slices with the same context)."""
+    wf = train_workflow(tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2, context_slices=1)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
+    assert wf.parser.get_parsed_content("network_def").in_channels == 3
+    rec = run_recording(wf)
+    assert rec["trainer_epoch"] == 1 and 0.0 <= rec["dice"] <= 1.0

@@ -6,22 +6,37 @@ key is passed, so rows for keys that only some configs define are harmless. To c
 ``key: '@key'`` line to ``checked_settings`` of the config that defines it (``tests/test_reliability.py`` fails when a
 config defines a key of this table without passing it).
 
-:func:`check_roi_size` checks ``roi_size`` against the built network's total stride.
+:func:`check_roi_size` checks ``roi_size`` against the built network's total stride; :func:`check_device`,
+:func:`check_output_dir` and :func:`check_reliance_cases` check the device, the output folder and the validation cases
+image reliance needs, also before any data is read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from .datalist import VAL_FRACTION, PathLike, read_sections
 from .errors import BundleError
 from .networks import ANCHOR_MODES, PRESETS, SEMANTIC_MODES
 from .schedulers import SAMPLERS
 
-__all__ = ["RULES", "Rule", "check_roi_size", "check_settings"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "check_device",
+    "check_output_dir",
+    "check_reliance_cases",
+    "check_roi_size",
+    "check_settings",
+]
 
 # a check returns None when the value is valid, else the valid values in words
 Check = Callable[[Any, Mapping[str, Any]], str | None]
@@ -91,10 +106,33 @@ def existing_file() -> Check:
     return check
 
 
+def plain_name() -> Check:
+    """A folder name: not empty, not '.' or '..', no path separator."""
+
+    def check(v: Any, settings: Mapping[str, Any]) -> str | None:
+        ok = isinstance(v, str) and v not in ("", ".", "..") and not any(c in v for c in "/\\\0")
+        return None if ok else "a plain folder name (not empty, '.' or '..'; no '/' or '\\')"
+
+    return check
+
+
 def optional(inner: Check) -> Check:
     def check(v: Any, settings: Mapping[str, Any]) -> str | None:
         words = inner(v, settings) if v is not None else None
         return None if words is None else f"null/None or {words}"
+
+    return check
+
+
+def output_format() -> Check:
+    """``output_ext``: a format the writers handle, and NIfTI for volumes (a PNG holds one 2D image)."""
+    formats = one_of(".png", ".nii.gz", ".nii")
+
+    def check(v: Any, settings: Mapping[str, Any]) -> str | None:
+        words = formats(v, settings)
+        if words is None and v == ".png" and settings.get("spatial_dims") == 3:
+            return "'.nii.gz' or '.nii' for volumes (spatial_dims=3: a PNG holds one 2D image)"
+        return words
 
     return check
 
@@ -119,6 +157,14 @@ RULES: tuple[Rule, ...] = (
     Rule("slice_axis", one_of(0, 1, 2)),
     Rule("fg_ratio", number(0.0, 1.0)),
     Rule("slices_per_volume", integer(1)),
+    Rule(
+        "context_slices",
+        lambda v, s: (
+            None
+            if _is_int(v) and v >= 0 and (v == 0 or s.get("spatial_dims") != 2)
+            else "an integer >= 0 (0 for 2D images: neighbouring slices exist only in volumes)"
+        ),
+    ),
     Rule("allow_empty_labels", boolean()),
     Rule("augment", boolean()),
     # model and training
@@ -136,11 +182,11 @@ RULES: tuple[Rule, ...] = (
     Rule("concat_anchor", boolean()),
     Rule("patch_size", optional(integer(1))),
     Rule("val_reliance", boolean()),
-    Rule("seed", integer()),
+    Rule("seed", integer(0, 2**32 - 1)),  # numpy's range (set_determinism)
     Rule("resume", boolean()),
     Rule("init_weights", optional(existing_file())),
     Rule("time_budget_s", optional(number(0.0))),
-    Rule("run_name", lambda v, s: None if isinstance(v, str) and v and "/" not in v else "a name without '/'"),
+    Rule("run_name", plain_name()),  # runs/<run_name>/ stays inside runs/
     # sampling and inference
     Rule("sampler", one_of(*SAMPLERS)),
     Rule("eta", number(0.0, 1.0)),
@@ -155,7 +201,7 @@ RULES: tuple[Rule, ...] = (
     Rule("autocast", boolean()),
     Rule("keep_freed_memory", boolean()),
     Rule("slice_batch", integer(1)),
-    Rule("output_ext", one_of(".png", ".nii.gz", ".nii")),
+    Rule("output_ext", output_format()),  # 2D: a NIfTI result also needs a NIfTI input (scripts.inputs)
     Rule("output_scale", optional(number(0.0, low_open=True))),
     Rule("grid_cases", integer(0)),
     Rule("eval_split", one_of("validation", "test")),
@@ -204,4 +250,75 @@ def check_roi_size(roi_size: int, network: Any) -> None:
     raise BundleError(
         f"roi_size={roi_size} is not a multiple of the network's total stride {stride} (set by preset/channels/"
         f"patch_size): use e.g. {near}"
+    )
+
+
+def check_device(device: Any, key: str = "device") -> None:
+    """Raises :class:`BundleError` unless ``device`` (a ``torch.device`` or its name) exists on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise BundleError(f"{key}: {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from e
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        available = torch.cuda.is_available()
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "torch finds no CUDA GPU"
+    else:  # mps, xpu, ...: the backend's own query
+        backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+        available = bool(getattr(backend, "is_available", lambda: False)())
+        why = f"torch finds no {dev.type} device"
+    if not available:
+        raise BundleError(f"{key}: {device!s} is not available on this machine ({why}): use --device cpu")
+    count = torch.cuda.device_count() if dev.type == "cuda" else None
+    if count is not None and dev.index is not None and dev.index >= count:
+        raise BundleError(
+            f"{key}: {device!s} does not exist: this machine has {count} CUDA GPU(s), cuda:0..{count - 1}"
+        )
+
+
+def check_output_dir(path: PathLike, key: str = "output_dir") -> None:
+    """Creates the folder ``path`` if needed; raises :class:`BundleError` unless this process can write into it (an
+    existing file, a folder that cannot be created, a read-only folder), before a run samples anything."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise BundleError(f"{key}: {folder} is an existing file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BundleError(f"{key}: {folder} cannot be created ({e.strerror or e})") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BundleError(f"{key}: {folder} is not writable (a read-only folder or file system)")
+    try:  # a probe file: what access() cannot tell (some network file systems, root on a read-only mount)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_check_"):
+            pass
+    except OSError as e:
+        raise BundleError(f"{key}: {folder} is not writable ({e.strerror or e})") from e
+
+
+def check_reliance_cases(
+    datalist: PathLike | Mapping | Sequence | None, dataset_dir: PathLike, split: str, val_reliance: bool
+) -> None:
+    """Image reliance (``val_reliance``) samples each case of the ``split`` section with another case's condition:
+    raises :class:`BundleError` when the section has fewer than 2 cases, from the datalist alone (no image is read).
+    A folder layout or a plain list puts ``round(VAL_FRACTION * n)`` of its n cases in validation, as
+    ``scripts.validation.load_datalist`` does."""
+    if not val_reliance:
+        return
+    root = Path(dataset_dir).expanduser().resolve()
+    try:
+        cases = read_sections(datalist, root, (split,), VAL_FRACTION, 0)[split]
+    except ValueError:  # no such file or section...: the data loading reports it, as without image reliance
+        return
+    if len(cases) >= 2:
+        return
+    if isinstance(datalist, (str, os.PathLike)) and str(datalist).strip():
+        source = str(datalist)
+    elif datalist is None or isinstance(datalist, str):
+        source = f"the folder layout of {root} ({VAL_FRACTION:.0%} of its cases go to validation)"
+    else:
+        source = "the datalist"
+    raise BundleError(
+        f"val_reliance: image reliance samples each {split} case with another case's condition and needs at least 2 "
+        f"{split} cases; {source} has {len(cases)}. Set --val_reliance False (or add {split} cases)"
     )

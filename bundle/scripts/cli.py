@@ -2,22 +2,32 @@
 
 ``monai.bundle run`` accepts any ``--key value`` and silently adds unknown keys to the config, so a typo such as
 ``--learning_rte 1e-3`` trains with the default. ``check_cli_overrides`` (called from a config's ``initialize``
-list) rejects override keys that are neither in the config files nor an argument added to a component.
+list) rejects override keys that are neither in the config files nor an argument that the component they are added
+to accepts (``--network_def#bogus 1``: ``MedSegDiffV2`` has no argument ``bogus``).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
+import inspect
 import sys
 from collections.abc import Iterable, Sequence
+from pydoc import locate
 from typing import Any
 
 from monai.bundle import ConfigParser
+from monai.bundle.config_item import ComponentLocator, ConfigComponent
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS, ID_SEP_KEY, MERGE_KEY
 
 from .errors import BundleError, install_error_summary
+from .networks import MedSegDiffV2
+from .networks.medsegdiff_v2 import Architecture
+
+# components whose **kwargs take a known set of names
+KEYWORD_ARGUMENTS = {MedSegDiffV2: [f.name for f in dataclasses.fields(Architecture)]}
 
 # the parameters of monai.bundle.scripts.run itself; every other --key is a config override
 RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
@@ -31,9 +41,31 @@ def _config_ids(config: Any, prefix: str = "") -> Iterable[str]:
         yield from _config_ids(v, cid)
 
 
+def component_arguments(target: Any) -> list[str] | None:
+    """The keyword arguments the ``_target_`` of a config component accepts (``None``: any, or unknown)."""
+    if not isinstance(target, str) or target.startswith(("$", "@", "%")):
+        return None
+    try:
+        name = ConfigComponent({"_target_": target}, locator=ComponentLocator()).resolve_module_name()
+        component = locate(name) if isinstance(name, str) else name
+        parameters = inspect.signature(component).parameters.values() if callable(component) else None
+    except (TypeError, ValueError, ImportError):
+        return None
+    if parameters is None:
+        return None
+    extra: list[str] = []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        if component not in KEYWORD_ARGUMENTS:
+            return None
+        extra = KEYWORD_ARGUMENTS[component]
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names + extra + sorted(ConfigComponent.non_arg_keys)
+
+
 def unknown_override_keys(config_file: str | Sequence[str], keys: Iterable[str], tracking: Any = None) -> list[str]:
     """The ``keys`` (override ids such as ``learning_rate`` or ``network_def#channels``) that ``config_file`` does not
-    define. A new key under a component (a dict with ``_target_``) is an argument, checked when it is instantiated."""
+    define. A new key under a component (a dict with ``_target_``) is an argument: unknown when the component's
+    signature has no such argument (and no ``**kwargs``)."""
     parser = ConfigParser(ConfigParser.load_config_files(config_file))
     if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
         tracking = DEFAULT_EXP_MGMT_SETTINGS[tracking]
@@ -48,7 +80,9 @@ def unknown_override_keys(config_file: str | Sequence[str], keys: Iterable[str],
         if cid in parser or cid.startswith(parser.meta_key):
             continue
         if parent and parent in parser and isinstance(parser[parent], dict) and "_target_" in parser[parent]:
-            continue
+            accepted = component_arguments(parser[parent]["_target_"])
+            if accepted is None or cid.rpartition(ID_SEP_KEY)[2] in accepted:
+                continue
         unknown.append(key)
     return unknown
 
@@ -94,11 +128,19 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
         return
     unknown = unknown_override_keys(config_file, overrides, tracking)
     if unknown:
-        ids = list(_config_ids(ConfigParser.load_config_files(config_file)))
+        config = ConfigParser.load_config_files(config_file)
+        ids = list(_config_ids(config))
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key.replace(ID_SEP_KEY, "#"), ids, n=3)
-            hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
+            parent, _, name = ReferenceResolver.normalize_id(key.removeprefix(MERGE_KEY)).rpartition(ID_SEP_KEY)
+            node = ConfigParser(config).get(parent) if parent else None
+            target = node.get("_target_") if isinstance(node, dict) else None
+            accepted = component_arguments(target) if target else None
+            candidates = list(dict.fromkeys([f"{parent}#{a}" for a in accepted or ()] + ids))
+            close = difflib.get_close_matches(key.replace(ID_SEP_KEY, "#"), candidates, n=3)
+            notes = [f"{str(target).rpartition('.')[2]} has no argument '{name}'"] if accepted is not None else []
+            notes += [f"did you mean {', '.join('--' + c for c in close)}?"] if close else []
+            hints.append(f"--{key}" + (f" ({'; '.join(notes)})" if notes else ""))
         raise BundleError(
             f"unknown config key(s) on the command line: {'; '.join(hints)}. They are not defined in {config_file}; "
             "monai.bundle would silently add them and ignore them. Fix the spelling, or define a new key in a config."

@@ -18,6 +18,7 @@ FOLDER_LAYOUTS: dict[str, tuple[str, ...]] = {"imagesTr": ("labelsTr",), "images
 # mask stem = image stem + one of these (ISIC: X.jpg <-> X_segmentation.png); "" = same stem
 MASK_SUFFIXES = ("", "_segmentation", "_seg", "_mask", "_label")
 SECTIONS = ("training", "validation")
+VAL_FRACTION = 0.2  # the validation share of a plain list or a folder layout (split_cases)
 
 PathLike = str | os.PathLike
 
@@ -66,7 +67,7 @@ def find_folder_cases(dataset_dir: PathLike) -> list[dict[str, str]]:
     )
 
 
-def split_cases(cases: Sequence[Any], val_fraction: float = 0.2, seed: int = 0) -> dict[str, list[Any]]:
+def split_cases(cases: Sequence[Any], val_fraction: float = VAL_FRACTION, seed: int = 0) -> dict[str, list[Any]]:
     """Deterministic train/validation split: shuffle indices with ``random.Random(seed)``, the first
     ``round(val_fraction * n)`` (at least 1 and at most n - 1 when ``val_fraction > 0``) go to validation.
     Both parts keep the input order."""

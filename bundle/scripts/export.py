@@ -12,12 +12,15 @@ used for inference (and the same overrides):
     python -m scripts.export --ckpt models/model.pt --output models/ \
         --config_file "['configs/inference.yaml','configs/inference_volume.yaml']" --preset small
 
-Load with ``ExportedMedSegDiffV2.load("models/")``: a drop-in network for ``DiffusionSegmentationInferer``.
+Load with ``ExportedMedSegDiffV2.load("models/")``: a drop-in network for ``DiffusionSegmentationInferer``. As
+MONAI's ``ckpt_export`` does for TorchScript, each file also holds the bundle's ``metadata.json``, the config files (as
+JSON) and the overrides it was exported with: ``read_extra_files("models/denoiser.pt2")``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ from .networks import MedSegDiffV2
 from .networks.unet import ConditionOutput
 
 FILES = {"condition": "condition.pt2", "denoiser": "denoiser.pt2"}
+# JSON stored in each exported file next to the program (MONAI's ckpt_export stores the same in a TorchScript file)
+EXTRA_FILES = ("metadata.json", "configs.json", "overrides.json")
 
 
 class ConditionProgram(nn.Module):
@@ -95,13 +100,40 @@ def export_programs(net: MedSegDiffV2, roi_size: int) -> dict[str, torch.export.
     return {"condition": condition, "denoiser": denoiser}
 
 
-def save_programs(programs: dict[str, torch.export.ExportedProgram], output: str | Path) -> dict[str, Path]:
+def save_programs(
+    programs: dict[str, torch.export.ExportedProgram], output: str | Path, extra_files: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
+    """Writes the programs to ``output``, each file with ``extra_files`` (names of :data:`EXTRA_FILES` -> JSON-able
+    values) stored as JSON."""
+    unknown = sorted(set(extra_files or {}) - set(EXTRA_FILES))
+    if unknown:
+        raise ValueError(f"extra files {unknown}: the names are {EXTRA_FILES}.")
+    extra = {k: json.dumps(v, default=str) for k, v in (extra_files or {}).items()}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / FILES[k] for k in programs}
     for k, p in paths.items():
-        torch.export.save(programs[k], p)
+        torch.export.save(programs[k], p, extra_files=extra)
     return paths
+
+
+def read_extra_files(path: str | Path) -> dict[str, Any]:
+    """The JSON stored with an exported program (:data:`EXTRA_FILES` it holds, parsed)."""
+    extra = dict.fromkeys(EXTRA_FILES, "")
+    torch.export.load(path, extra_files=extra)
+    return {k: json.loads(v) for k, v in extra.items() if v}
+
+
+def bundle_extra_files(config_file: str | Sequence[str], meta_file: str | None, override: Mapping[str, Any]) -> dict:
+    """``metadata.json`` (when ``meta_file`` exists), the config files by name and the overrides of an export."""
+    files = [config_file] if isinstance(config_file, str) else list(config_file)
+    extra: dict[str, Any] = {
+        "configs.json": {Path(f).name: ConfigParser.load_config_file(f) for f in files},
+        "overrides.json": dict(override),
+    }
+    if meta_file is not None and Path(meta_file).is_file():
+        extra["metadata.json"] = ConfigParser.load_config_file(meta_file)
+    return extra
 
 
 def _channels(program: torch.export.ExportedProgram) -> int:
@@ -138,12 +170,15 @@ def export(
     ckpt: str = "models/model.pt",
     output: str = "models",
     config_file: str | Sequence[str] = "configs/inference.yaml",
+    meta_file: str | None = "configs/metadata.json",
     **override: Any,
 ) -> dict[str, Path]:
     """CLI: loads ``network_def`` from ``config_file`` (+ ``override``s such as ``--preset small`` or
-    ``--roi_size 128``) with the weights of ``ckpt``; writes ``condition.pt2`` and ``denoiser.pt2`` to ``output``."""
+    ``--roi_size 128``) with the weights of ``ckpt``; writes ``condition.pt2`` and ``denoiser.pt2`` to ``output``,
+    each holding ``meta_file``, the configs and the overrides (:func:`read_extra_files`)."""
     net, roi_size = load_network(ckpt, config_file, **override)
-    paths = save_programs(export_programs(net, roi_size), output)
+    extra = bundle_extra_files(config_file, meta_file, override)
+    paths = save_programs(export_programs(net, roi_size), output, extra)
     for p in paths.values():
         print(f"wrote {p}")
     return paths

@@ -8,6 +8,7 @@ distance 0; absent from exactly one scores 0 (distance 1). Ensembles come as (B,
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any
@@ -20,6 +21,8 @@ from monai.utils import MetricReduction
 from scipy import stats
 
 from .fusion import STAPLE_MAX_ITERATIONS, fuse
+
+logger = logging.getLogger(__name__)
 
 
 def overlap_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +87,8 @@ class _PerCaseMetric(CumulativeIterationMetric):
         self.reduction = reduction
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        value, _ = do_metric_reduction(self.get_buffer(), reduction or self.reduction)
-        return value
+        value, not_nans = do_metric_reduction(self.get_buffer(), reduction or self.reduction)
+        return torch.where(not_nans > 0, value, torch.nan)  # only NaN values: not available, not MONAI's 0
 
 
 class GeneralizedEnergyDistanceMetric(_PerCaseMetric):
@@ -100,16 +103,26 @@ class GeneralizedEnergyDistanceMetric(_PerCaseMetric):
 
 class DiceConfidenceIntervalMetric(_PerCaseMetric):
     """Per-case, per-class width of the 95% confidence interval of the mean per-sample Dice (see
-    ``dice_confidence_interval``); ``bound="lower"|"upper"`` returns that end of the interval instead."""
+    ``dice_confidence_interval``); ``bound="lower"|"upper"`` returns that end of the interval instead. With a single
+    sample per case (ensemble_size 1) the interval is not available: NaN, with a warning (once)."""
 
     def __init__(self, level: float = 0.95, bound: str = "width", reduction: MetricReduction | str = "mean") -> None:
         super().__init__(reduction)
         if bound not in ("width", "lower", "upper"):
             raise ValueError(f"bound must be 'width', 'lower' or 'upper', got {bound!r}")
         self.level, self.bound = level, bound
+        self._warned = False
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         samples, truth = _split(y_pred, y)
+        if samples.shape[1] < 2:
+            if not self._warned:
+                logger.warning(
+                    "the Dice confidence interval needs at least 2 samples per case (ensemble_size >= 2); with "
+                    f"{samples.shape[1]} it is not available and reported as NaN"
+                )
+                self._warned = True
+            return torch.full((samples.shape[0], truth.shape[1]), float("nan"), device=y_pred.device)
         dice, _ = overlap_scores(samples, truth[:, None])  # (B, N, K)
         lower, upper = dice_confidence_interval(dice.transpose(0, 1), self.level)
         out = {"width": upper - lower, "lower": lower, "upper": upper}[self.bound]

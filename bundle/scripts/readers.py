@@ -19,6 +19,9 @@ from .errors import BundleError, DataValidationError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # the suffixes MONAI's PILReader claims
+# the 2D images inference writes back: MONAI's writers squeeze a 1-pixel axis away and then find no writer
+MIN_IMAGE_SIZE = 2
+RGB_RANGE = (0, 255)  # modality rgb: ScaleIntensityRanged maps 0..255 to [0, 1] and clips the rest
 
 
 @dataclass
@@ -92,6 +95,33 @@ def check_image_values(info: FileInfo) -> None:
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise DataValidationError(f"{info.path}: image contains NaN or infinite intensities ({bad} voxels)")
+
+
+def check_rgb_range(info: FileInfo, modality: str | None) -> None:
+    """Refuses an image whose intensities do not fit ``modality=rgb`` (8-bit 0..255), e.g. a 16-bit PNG, rather than
+    letting the normalisation clip most of it to 1.0."""
+    data = info.data
+    if modality != "rgb" or data is None or data.size == 0:
+        return
+    low, high = RGB_RANGE
+    lo, hi = data.min(), data.max()
+    if lo >= low and hi <= high:
+        return
+    share = float(np.count_nonzero((data < low) | (data > high))) / data.size
+    raise DataValidationError(
+        f"{info.path}: intensities {lo:g}..{hi:g} ({data.dtype}) do not fit modality=rgb, which maps {low}..{high} "
+        f"to [0, 1] and clips the rest ({share:.0%} of the values would clip): use --modality mr (per-image "
+        "percentiles, e.g. for 16-bit images) or convert the images to 8-bit"
+    )
+
+
+def check_image_size(info: FileInfo) -> None:
+    """2D images must be at least :data:`MIN_IMAGE_SIZE` pixels along each axis for their result to be written."""
+    if len(info.spatial_shape) == 2 and min(info.spatial_shape) < MIN_IMAGE_SIZE:
+        raise DataValidationError(
+            f"{info.path}: image is {fmt_shape(info.spatial_shape)} pixels; inference needs at least "
+            f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}"
+        )
 
 
 def is_dicom_series(folder: Path) -> bool:

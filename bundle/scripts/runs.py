@@ -1,23 +1,101 @@
-"""Run directories and the end-of-run summary.
+"""Run directories, the lock of a run folder, and the end-of-run summary.
 
 Every training run writes into ``runs/<run_name>/`` (``ckpt_dir``, ``output_dir`` and ``eval_dir`` derive from
-``run_name`` in ``configs/train.yaml``), never over the shipped ``models/model.pt``. :class:`RunSummary`, called from
-``finalize``, ends the log with the best metric and the exact command that uses the run's weights.
+``run_name`` in ``configs/train.yaml``), never over the shipped ``models/model.pt``: :func:`check_run_dirs` refuses a
+run folder outside ``runs/`` and any output folder inside the bundle's ``models/``, and :class:`RunLock` keeps a second
+training out of a run folder in use. :class:`RunSummary`, called from ``finalize``, ends the log with the best metric
+and the exact command that uses the run's weights.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch.distributed as dist
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
-__all__ = ["RunSummary", "command_for"]
+from .errors import BundleError, write_error
+
+__all__ = ["RunLock", "RunSummary", "check_run_dirs", "command_for"]
+
+# the shipped weights' folder of this bundle (also protected when a config names another bundle_root)
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def check_run_dirs(bundle_root: str | Path, run_name: str, **dirs: str | Path) -> None:
+    """Raises :class:`BundleError` when ``runs/<run_name>`` resolves outside ``<bundle_root>/runs`` (a symbolic link)
+    or when one of ``dirs`` (e.g. ``ckpt_dir=...``, ``output_dir=...``) resolves into the bundle's ``models/`` folder,
+    which holds the shipped weights. Call it before anything is written."""
+    runs = Path(bundle_root, "runs").resolve()
+    run_dir = (runs / str(run_name)).resolve()
+    if run_dir == runs or not run_dir.is_relative_to(runs):
+        raise BundleError(f"run_name: {run_name!r} resolves to {run_dir}, outside {runs}: use a plain folder name")
+    protected = {Path(bundle_root, "models").resolve(), SHIPPED_MODELS}
+    for key, value in dirs.items():
+        path = Path(value).resolve()
+        for models in protected:
+            if path.is_relative_to(models):
+                raise BundleError(
+                    f"{key}: {value} is inside {models}, the bundle's folder of shipped weights, which training never "
+                    "writes: leave it unset (runs/<run_name>/...) or choose another folder"
+                )
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held from ``acquire`` (``initialize``) to ``release`` (``finalize``) or the
+    end of the process: ``fcntl.flock`` on ``<directory>/.lock``, which holds the holder's pid. A second training on
+    the same folder stops at once, naming it. Under ``torchrun`` only rank 0 takes it (the ranks are one training)."""
+
+    def __init__(self, directory: str | Path, name: str = ".lock") -> None:
+        self.directory, self.path = Path(directory), Path(directory) / name
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Creates the folder and takes the lock; raises :class:`BundleError` when another process holds it."""
+        if self._file is not None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the lock for all ranks
+                return
+            file = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
+        except OSError as e:
+            raise write_error(self.directory, e, "cannot create the run folder") from e
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BundleError(
+                    f"{self.directory}: another training holds this run folder (pid {holder}); wait for it to end, or "
+                    "choose another --run_name"
+                ) from e
+            raise write_error(self.path, e, "cannot lock the run folder") from e
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the lock
+            self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from .diffusion import unwrap
 from .networks.unet import ConditionOutput
+from .transforms import stack_context
 
 # flip_members: the flip of member j is FLIPS[j % 4] (none, horizontal, vertical, both), over the last two axes
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -52,6 +53,9 @@ class DiffusionSegmentationInferer(Inferer):
         flip_members: test-time augmentation inside the ensemble: member j samples with the condition of the image
             flipped by ``FLIPS[j % 4]`` (none, horizontal, vertical, both) and its mask is flipped back before the
             fusion, so that the members also differ in what the Condition Model sees. Not in the paper.
+        soft_members: members keep the denoiser's final mask estimate in [0, 1]; ``False``: binary members.
+        context_slices: volumes: each slice also receives this many neighbours on each side as extra image channels
+            (2.5D, :func:`scripts.transforms.stack_context`, as training's ``SliceContextd``). Not in the paper.
 
     Called with ``donor``, another case's image (``PrepareBatchExtraInput({"donor": "donor"})`` passes it), it also
     returns the anchor mask (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same
@@ -74,6 +78,7 @@ class DiffusionSegmentationInferer(Inferer):
         start_t: int | None = None,
         flip_members: bool = False,
         soft_members: bool = True,
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
@@ -92,6 +97,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.start_t = start_t
         self.flip_members = flip_members
         self.soft_members = soft_members
+        self.context_slices = context_slices
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -206,7 +212,16 @@ class DiffusionSegmentationInferer(Inferer):
             generator = torch.Generator(device=inputs.device).manual_seed(self.seed)
         diagnostics = donor is not None
         if diagnostics:
-            inputs = torch.cat([inputs, _match_depth(donor.to(inputs), inputs.shape, self.slice_axis)], dim=1)
+            donor = _match_depth(donor.to(inputs), inputs.shape, self.slice_axis)
+        if inputs.ndim == 5 and self.context_slices:  # each slice's neighbours as extra channels (2.5D)
+            inputs, donor = (
+                torch.stack([stack_context(v, self.context_slices, 1 + self.slice_axis) for v in vol])
+                if vol is not None
+                else None
+                for vol in (inputs, donor)
+            )
+        if diagnostics:
+            inputs = torch.cat([inputs, donor], dim=1)
         if inputs.ndim == 4:
             return self._sample_2d(inputs, network, generator, diagnostics)
         if inputs.ndim != 5:

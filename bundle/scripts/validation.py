@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .datalist import SECTIONS, PathLike, read_sections
+from .datalist import SECTIONS, VAL_FRACTION, PathLike, read_sections
 from .errors import DataValidationError
-from .readers import FileInfo, check_dims, check_image_values, fmt_shape, read_file, resolve_path
+from .readers import FileInfo, check_dims, check_image_values, check_rgb_range, fmt_shape, read_file, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class _Checker:
     binary_255: bool
     affine_tol: float
     check_data: bool
+    modality: str | None = None
 
     def __call__(self, item: Any, root: Path) -> tuple[dict, set[int]]:
         """The case with absolute paths, and the foreground classes its label holds."""
@@ -110,6 +111,7 @@ class _Checker:
         for info in infos:
             check_dims(info, self.spatial_dims)
             check_image_values(info)
+            check_rgb_range(info, self.modality)
             info.data = None  # free memory early
         label = read_file(case[self.label_key], with_data=True)
         check_dims(label, self.spatial_dims)
@@ -135,8 +137,9 @@ def validate_datalist(
     image_key: str = "image",
     label_key: str = "label",
     in_channels: int | None = None,
+    modality: str | None = None,
     binary_255: bool = True,
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     affine_tol: float = 1e-3,
     check_data: bool = True,
@@ -156,10 +159,13 @@ def validate_datalist(
         keys: the sections to return.
         image_key, label_key: item keys; an image may be a list of files (stacked as channels by LoadImaged).
         in_channels: if given, the number of image channels every case must have (e.g. 3 for RGB).
+        modality: if ``"rgb"``, image intensities must lie in 0..255 (8-bit): a 16-bit image is refused, as the
+            ``rgb`` normalisation would clip it (``mr`` takes per-image percentiles instead).
         binary_255: for ``num_classes == 1`` also accept label value 255 (0/255 masks) as foreground.
         val_fraction, seed: the deterministic split used for lists and folder layouts.
         affine_tol: absolute tolerance when comparing the image and label affines (NIfTI / DICOM).
-        check_data: read the image voxels (NaN/inf check, truncated files); labels are always read.
+        check_data: read the image voxels (NaN/inf and modality range checks, truncated files); labels are always
+            read.
         num_workers: threads used to read files (default: up to 8).
         allow_empty_labels: accept a ``training`` section whose labels are all empty (all background); by default
             it stops with an error, as the model would learn nothing. The share of empty labels of each section is
@@ -176,7 +182,9 @@ def validate_datalist(
     start = time.perf_counter()
     root = Path(dataset_dir).expanduser().resolve()
     sections = read_sections(datalist, root, keys, val_fraction, seed)
-    checker = _Checker(num_classes, spatial_dims, image_key, label_key, in_channels, binary_255, affine_tol, check_data)
+    checker = _Checker(
+        num_classes, spatial_dims, image_key, label_key, in_channels, binary_255, affine_tol, check_data, modality
+    )
 
     def check(job: tuple[str, int, Any]) -> tuple[dict, set[int]] | str:
         key, index, item = job

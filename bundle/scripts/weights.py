@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,46 @@ logger = logging.getLogger(__name__)
 WEIGHT_LISTS = ("large_files", "committed_files")
 
 
+# what torch.load(weights_only=True) names when a file holds a Python object it refuses to unpickle
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_failure(path: str | Path, error: BaseException) -> BundleError:
+    """The :class:`BundleError` for a weights file that ``torch.load(weights_only=True)`` cannot read: a file holding
+    pickled Python objects (refused, never run) is said to be one; anything else is corrupt or truncated."""
+    if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
+        found = _UNSUPPORTED_GLOBAL.search(str(error))
+        what = f" ({found.group(1)})" if found else ""
+        return BundleError(
+            f"{path}: not a plain weights file: it holds a pickled Python object{what} that torch.load(weights_only="
+            "True) refuses to run. Load it in a trusted session and re-save only its tensors (state dicts), e.g. "
+            "torch.save({'model': model.state_dict()}, path)"
+        )
+    reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return BundleError(f"{path}: cannot be loaded (corrupt or truncated file?): {reason}")
+
+
+def describe_mismatch(saved: Mapping[str, torch.Tensor], module: nn.Module) -> str:
+    """How the state dict ``saved`` differs from ``module``'s: missing, unexpected and mismatched keys, with a hint."""
+    own = unwrap(module).state_dict()
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
+    parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
+    hint = "Check preset, roi_size, patch_size, image_channels, num_classes, anchor, semantic and concat_anchor"
+    # the SS-Former's token embedding is a conv whose kernel is the token patch: name the weights' patch_size
+    token = next((k for k in own if k.endswith("embed_c.weight") and k in saved), None)
+    if token is not None and saved[token].shape[-2:] != own[token].shape[-2:]:
+        patch = saved[token].shape[-1]
+        hint = f"The weights have patch_size {patch} (--patch_size {patch}). {hint}"
+    return "; ".join(parts) + f". {hint} against training."
+
+
 class WeightsLoader(CheckpointLoader):
     """``CheckpointLoader`` (``weights_only=True``, ``map_location``) with clear errors: a missing file, or weights
     that do not fit the configured network (naming the missing, unexpected and mismatched keys)."""
@@ -45,58 +87,13 @@ class WeightsLoader(CheckpointLoader):
         except Exception as e:
             if "state_dict" in str(e):
                 raise BundleError(f"{self.load_path} does not match the configured network: {self._mismatch()}") from e
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            raise BundleError(f"{self.load_path}: cannot be loaded (corrupt or truncated file?): {reason}") from e
+            raise load_failure(self.load_path, e) from e
 
     def _mismatch(self) -> str:
         saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
         key, module = next(iter(self.load_dict.items()))
         saved = saved.get(key, saved) if isinstance(saved, Mapping) else saved
-        own = module.state_dict()
-        missing = sorted(set(own) - set(saved))
-        unexpected = sorted(set(saved) - set(own))
-        shapes = [
-            f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in saved and saved[k].shape != v.shape
-        ]
-        parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
-        parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
-        hint = "Check preset, roi_size, patch_size, image_channels, num_classes, anchor, semantic and concat_anchor"
-        # the SS-Former's token embedding is a conv whose kernel is the token patch: name the weights' patch_size
-        token = next((k for k in own if k.endswith("embed_c.weight") and k in saved), None)
-        if token is not None and saved[token].shape[-2:] != own[token].shape[-2:]:
-            patch = saved[token].shape[-1]
-            hint = f"The weights have patch_size {patch} (--patch_size {patch}). {hint}"
-        return "; ".join(parts) + f". {hint} against training."
-
-
-class InitialWeightsLoader(WeightsLoader):
-    """Fine-tuning: when training starts, loads ``{"model": state dict}`` weights (the shipped format, e.g.
-    ``models/model.pt``) into the network and its EMA copy, so that training starts from them. ``load_path=None``
-    does nothing. Attached before the resume handler, whose checkpoint, when resuming, then takes precedence."""
-
-    def __init__(
-        self,
-        load_path: str | None,
-        network: nn.Module,
-        ema_model: nn.Module | None = None,
-        map_location: str | torch.device | None = "cpu",
-    ) -> None:
-        super().__init__(load_path=str(load_path), load_dict={"model": network}, map_location=map_location)
-        self.enabled, self.ema_model = load_path is not None, ema_model
-
-    def attach(self, engine: Engine) -> None:
-        if self.enabled:
-            super().attach(engine)
-
-    def __call__(self, engine: Engine) -> None:
-        if not Path(self.load_path).is_file():
-            raise BundleError(f"init_weights: no weights at {self.load_path}")
-        super().__call__(engine)
-        if self.ema_model is not None:
-            self.ema_model.load_state_dict(unwrap(self.load_dict["model"]).state_dict())  # DDP: the inner module
-        logger.info(f"training starts from the weights of {self.load_path}")
+        return describe_mismatch(saved, module)
 
 
 def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> dict | None:
@@ -148,3 +145,40 @@ class VerifiedWeightsLoader(WeightsLoader):
         if self.large_files is not None and Path(self.load_path).is_file():
             verify_weights(self.load_path, self.large_files, self.bundle_root)
         super().__call__(engine)
+
+
+class InitialWeightsLoader(VerifiedWeightsLoader):
+    """Fine-tuning: when training starts, loads ``{"model": state dict}`` weights (the shipped format, e.g.
+    ``models/model.pt``) into the network and its EMA copy, so that training starts from them, after checking their
+    hash when ``large_files`` lists them (as inference does). ``load_path=None`` does nothing. Attached before the
+    resume handler, whose checkpoint, when resuming, then takes precedence."""
+
+    def __init__(
+        self,
+        load_path: str | None,
+        network: nn.Module,
+        ema_model: nn.Module | None = None,
+        map_location: str | torch.device | None = "cpu",
+        large_files: str | None = None,
+        bundle_root: str | None = None,
+    ) -> None:
+        super().__init__(
+            load_path=str(load_path),
+            load_dict={"model": network},
+            map_location=map_location,
+            large_files=large_files,
+            bundle_root=bundle_root,
+        )
+        self.enabled, self.ema_model = load_path is not None, ema_model
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise BundleError(f"init_weights: no weights at {self.load_path}")
+        super().__call__(engine)
+        if self.ema_model is not None:
+            self.ema_model.load_state_dict(unwrap(self.load_dict["model"]).state_dict())  # DDP: the inner module
+        logger.info(f"training starts from the weights of {self.load_path}")

@@ -46,7 +46,7 @@ class UNetTrunk(nn.Module):
 
     @property
     def stride(self) -> int:
-        return 2 ** (len(self.channels) - 1)
+        return 1 << (len(self.channels) - 1)  # an int in TorchScript too (2 ** n is a float there)
 
     def _block(self, blk: ResBlock, h: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
