@@ -4,7 +4,7 @@ Uses the bundle's training config for the validation preprocessing, so the cases
 validation. Example (small preset trained with quick.yaml on ISIC)::
 
     python bench/sampler_quality.py --weights /tmp/tr/isic/models/model.pt --overlays quick.yaml \
-        --dataset_dir /work/shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
+        --dataset_dir ../shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
         --cases 32 --settings ddpm:100 ddim:5 ddim:10 ddim:20
 """
 

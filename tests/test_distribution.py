@@ -179,12 +179,65 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     fast = {"num_inference_steps": 2, "ensemble_size": 2, "roi_size": 32, **NET}
     args = ["-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", configs]
     args += ["--input", str(inputs), "--output_dir", str(tmp_path / "out"), *cli_overrides(fast)]
-    # outside the bundle folder `scripts` is importable only through PYTHONPATH (MONAI adds the bundle root to
-    # sys.path only after `initialize`)
-    proc = run_cli(args, cwd=work, PYTHONPATH=str(bundle))
+    # from another folder: the configs put --bundle_root on sys.path themselves (no PYTHONPATH)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=work, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=180
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"{bundle / 'models' / 'model.pt'}: sha256 verified" in proc.stdout + proc.stderr
     assert (tmp_path / "out" / f"{image.stem}_seg.png").is_file()
+
+
+def test_the_real_package_holds_every_default_weight_file_and_monai_load_builds_the_network(
+    bundle_root: Path, tmp_path: Path
+) -> None:
+    """The zip of this bundle: every weight file a config uses by default, the JSON form of the configs that
+    ``monai.bundle.load`` reads, volume inference with the default (hippocampus) weights from another folder, and
+    ``monai.bundle.load`` returning the network with the shipped weights."""
+    zip_path = package_bundle(bundle_root, tmp_path / "dist" / "b.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+        zf.extractall(tmp_path / "unpacked")
+    listed = yaml.safe_load((bundle_root / "large_files.yml").read_text())["committed_files"]
+    assert {f"medsegdiff_v2/{e['path']}" for e in listed} <= names
+    assert {"medsegdiff_v2/models/model.pt", "medsegdiff_v2/models/model_hippocampus.pt"} <= names
+    bundle = tmp_path / "unpacked" / "medsegdiff_v2"
+    for name in ("inference", "train"):
+        as_json = json.loads((bundle / "configs" / f"{name}.json").read_text())
+        assert as_json == yaml.safe_load((bundle / "configs" / f"{name}.yaml").read_text())
+
+    volume = sorted((bundle / "data" / "demo" / "hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    configs = f"['{bundle / 'configs' / 'inference.yaml'}','{bundle / 'configs' / 'inference_volume.yaml'}']"
+    args = ["-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", configs, "--input", str(volume)]
+    args += ["--output_dir", "out", "--num_inference_steps", "2", "--ensemble_size", "2", "--slice_batch", "64"]
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=work, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert f"{bundle / 'models' / 'model_hippocampus.pt'}: sha256 verified" in proc.stdout + proc.stderr
+    stem = volume.name.removesuffix(".nii.gz")
+    assert (work / "out" / f"{stem}_seg.nii.gz").is_file()  # a relative --output_dir is the shell's folder
+
+    downloaded = tmp_path / "downloaded"
+    code = (  # as a user of a zoo bundle: download the zip, make its scripts importable, load the network
+        "import sys, torch, monai.bundle as mb\n"
+        f"mb.download(name='medsegdiff_v2', url={zip_path.resolve().as_uri()!r}, bundle_dir={str(downloaded)!r}, "
+        "progress=False)\n"
+        f"sys.path.insert(0, {str(downloaded / 'medsegdiff_v2')!r})\n"
+        f"net = mb.load('medsegdiff_v2', bundle_dir={str(downloaded)!r}, workflow_type='inference', "
+        "key_in_ckpt='model', device='cpu')\n"
+        f"state = torch.load({str(bundle / 'models' / 'model.pt')!r}, map_location='cpu', weights_only=True)['model']\n"
+        "assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items()), 'weights not loaded'\n"
+        "print(type(net).__name__)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, encoding="utf-8", timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("MedSegDiffV2"), proc.stderr[-3000:]
 
 
 def test_packaging_refuses_weights_that_do_not_match_large_files(

@@ -1,4 +1,4 @@
-"""Evaluation (issue 5): metrics against hand-computed cases, GED/CI on constructed ensembles, evaluate.yaml end to
+"""Evaluation: metrics against hand-computed cases, GED/CI on constructed ensembles, evaluate.yaml end to
 end on a tiny config, the supervised baseline and the ablation overlays, and the wall-clock budget."""
 
 from __future__ import annotations

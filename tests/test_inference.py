@@ -1,4 +1,4 @@
-"""Inference (issue 4): samplers, STAPLE fusion, geometry-preserving round trips, repeatability, bad inputs."""
+"""Inference: samplers, STAPLE fusion, geometry-preserving round trips, repeatability, bad inputs."""
 
 from __future__ import annotations
 

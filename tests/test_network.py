@@ -1,4 +1,4 @@
-"""Unit tests of the MedSegDiff-V2 network (issue 2)."""
+"""Unit tests of the MedSegDiff-V2 network."""
 
 from __future__ import annotations
 

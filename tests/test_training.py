@@ -1,4 +1,4 @@
-"""The training workflow run through monai.bundle on the embedded real data (issue 3), with tiny overrides."""
+"""The training workflow run through monai.bundle on the embedded real data, with tiny overrides."""
 
 from __future__ import annotations
 
