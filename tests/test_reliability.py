@@ -505,7 +505,7 @@ CLI_CASES = [
     (
         "['configs/train.yaml','configs/quick.yaml']",
         ["--roi_size", "30"],
-        "roi_size=30 is not a multiple of the network's total stride 8",
+        "roi_size=30 is not a multiple of the network's total stride 16",  # quick.yaml: 2x2 tokens
     ),
     (
         "['configs/train.yaml','configs/quick.yaml']",
