@@ -33,7 +33,7 @@ MiB = 1024 * 1024
 
 
 def _meta() -> dict:
-    return json.loads(META.read_text())
+    return json.loads(META.read_text(encoding="utf-8"))
 
 
 # -- files, metadata, version ------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def test_metadata_verifies_against_the_schema_it_names(tmp_path: Path) -> None:
 
 def test_metadata_json_is_formatted_as_the_zoo_formats_it() -> None:
     """The zoo's pre-commit formats JSON with 4-space indents, keys in their order."""
-    text = META.read_text()
+    text = META.read_text(encoding="utf-8")
     assert text == json.dumps(json.loads(text), indent=4) + "\n"
 
 
@@ -169,7 +169,7 @@ def _is_type_checking(node: ast.AST) -> bool:
 def _imports(path: Path) -> set[str]:
     """Top-level modules imported by ``path`` at run time (lazy imports in functions included; ``if TYPE_CHECKING:``
     blocks and relative imports left out)."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block) for n in ast.walk(block)}
     found = set()
     for node in ast.walk(tree):
@@ -210,8 +210,10 @@ def test_metadata_pins_every_package_the_bundle_uses_and_no_other() -> None:
     meta = _meta()
     imported = _third_party_imports()
     assert set(CORE) <= set(imported) and all(meta[k] for k in CORE.values())
-    texts = "\n".join(p.read_text() for p in (*CONFIGS.rglob("*.yaml"), *(BUNDLE / "scripts").rglob("*.py")))
-    texts += (BUNDLE / "docs" / "README.md").read_text()
+    texts = "\n".join(
+        p.read_text(encoding="utf-8") for p in (*CONFIGS.rglob("*.yaml"), *(BUNDLE / "scripts").rglob("*.py"))
+    )
+    texts += (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
     unused = {d: why for d, (why, evidence) in INDIRECT.items() if evidence not in texts}
     assert unused == {}, f"nothing shows these uses any more: {unused}"
     needed = (set(imported) - set(CORE)) | set(INDIRECT)
@@ -222,7 +224,7 @@ def test_metadata_pins_every_package_the_bundle_uses_and_no_other() -> None:
 
 def _pins(path: Path) -> dict[str, str]:
     pins = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.partition("#")[0].strip()
         if line and not line.startswith("-"):
             name, sep, version = line.partition("==")

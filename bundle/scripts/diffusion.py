@@ -161,12 +161,7 @@ class SegDiffusionTrainingInferer(Inferer):
         return predicted_x0(self.scheduler, out.float(), x_last, last)
 
     def __call__(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        network: nn.Module,
-        mask: torch.Tensor,
-        noise: torch.Tensor,
-        timesteps: torch.Tensor,
+        self, inputs: torch.Tensor, network: nn.Module, mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         if self.warmup:
             with self._autocast(inputs.device):

@@ -31,7 +31,7 @@ def staple_binary(
     raters agree and their common mask is returned. Any other NaN falls back to majority vote, with a warning. EM stops
     at convergence or after ``max_iterations`` (then its last estimate is used, with a warning).
     """
-    import SimpleITK as sitk  # imported where STAPLE runs: the other fusions do not need it
+    import SimpleITK as sitk  # noqa: N813 (imported where STAPLE runs: the other fusions do not need it)
 
     samples = (samples > 0).astype(np.uint8)
     if (samples == samples[0]).all():
@@ -51,7 +51,7 @@ def staple_binary(
 
 def staple_multilabel(label_maps: np.ndarray, max_iterations: int = STAPLE_MAX_ITERATIONS) -> np.ndarray:
     """Multi-class STAPLE of N label maps (N, *spatial) with SimpleITK's ``MultiLabelSTAPLEImageFilter``."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     label_maps = label_maps.astype(np.uint8)
     if (label_maps == label_maps[0]).all():

@@ -144,9 +144,10 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
         curves = []
         for case, gt in zip(samples, y, strict=True):
             arr = case.reshape(case.shape[0], *gt.shape).cpu().numpy().astype(np.uint8)  # (N, K, *spatial)
+            # label maps of the first n samples, n = 1..N
             fused = torch.stack(
                 [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)) for n in range(1, arr.shape[0] + 1)]
-            ).to(gt.device)  # label maps of the first n samples, n = 1..N
+            ).to(gt.device)
             onehot, truth = _split(fused[None], gt[None])
             dice, _ = overlap_scores(onehot[0], truth)
             curves.append(dice.mean(-1))

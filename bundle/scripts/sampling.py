@@ -214,12 +214,10 @@ class DiffusionSegmentationInferer(Inferer):
         if diagnostics:
             donor = _match_depth(donor.to(inputs), inputs.shape, self.slice_axis)
         if inputs.ndim == 5 and self.context_slices:  # each slice's neighbours as extra channels (2.5D)
-            inputs, donor = (
-                torch.stack([stack_context(v, self.context_slices, 1 + self.slice_axis) for v in vol])
-                if vol is not None
-                else None
-                for vol in (inputs, donor)
-            )
+            context = self.context_slices
+            inputs = torch.stack([stack_context(v, context, 1 + self.slice_axis) for v in inputs])
+            if donor is not None:
+                donor = torch.stack([stack_context(v, context, 1 + self.slice_axis) for v in donor])
         if diagnostics:
             inputs = torch.cat([inputs, donor], dim=1)
         if inputs.ndim == 4:

@@ -154,7 +154,7 @@ class ExpectedCalibrationError(CumulativeIterationMetric):
     all cases, averaged over classes; :attr:`bins` keeps the pooled (K, num_bins, 3) statistics for the diagram.
     """
 
-    def __init__(self, num_bins: int = 15) -> None:
+    def __init__(self, num_bins: int = 15) -> None:  # noqa: B042 (a metric, not an exception)
         super().__init__()
         if num_bins < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")
