@@ -8,7 +8,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from bundle_cli import cli, last_line
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
@@ -41,24 +41,6 @@ TRAINING_OVERLAYS = [
     ["multi_gpu_train.yaml"],
     *[[f"ablation/{row}.yaml"] for row in ("backbone", "sa", "usa", "usa_ssformer")],
 ]
-
-
-def cli(bundle_root: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run ...`` from the bundle root, as the README runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args],
-        cwd=bundle_root,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def run(wf: ConfigWorkflow) -> None:

@@ -11,8 +11,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_cli import cli, last_line
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 from PIL import Image
@@ -71,25 +70,6 @@ def one_isic_image(bundle_root: Path, folder: Path) -> Path:
     return Path(shutil.copy(src, folder / src.name))
 
 
-def cli(bundle_root: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run ...`` from the bundle root, as the README runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args],
-        cwd=bundle_root,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=300,
-    )
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-# -- settings, devices and folders: checked at start-up ---------------------------------------------------------------
 def test_png_output_for_volumes_is_refused() -> None:
     with pytest.raises(BundleError, match=r"output_ext='.png' is invalid, expected '.nii.gz' or '.nii' for volumes"):
         check_settings({"spatial_dims": 3, "output_ext": ".png"})

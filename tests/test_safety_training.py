@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from bundle_cli import cli, last_line
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.metrics import DiceMetric
@@ -32,26 +32,6 @@ from scripts.runs import RunLock, check_run_dirs
 from scripts.weights import InitialWeightsLoader, WeightsLoader
 
 TRAIN_QUICK = "['configs/train.yaml','configs/quick.yaml']"
-
-
-def cli(bundle_root: Path, *args: str, prelude: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run ...`` from the bundle root; ``prelude``: Python run first in that process (a
-    simulated fault), then monai.bundle as ``-m`` runs it."""
-    code = f"import runpy, sys\n{prelude}\nrunpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
-    return subprocess.run(
-        [sys.executable, "-c", code, "run", *args],
-        cwd=bundle_root,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
 
 
 def message(err: BaseException) -> str:
