@@ -21,7 +21,7 @@ from torch import nn
 
 from .diffusion import unwrap
 from .errors import BundleError, write_error
-from .weights import describe_mismatch, load_failure
+from .weights import describe_mismatch, file_hash, load_failure
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ def current_umask() -> int:
 def file_mode() -> int:
     """The mode of a new file under the current umask (what ``open`` gives; temporary files get 0600)."""
     return 0o666 & ~current_umask()
-
-
-def sha256_of(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -158,7 +153,7 @@ class ModelRecord:
     def commit(self, entry: Mapping[str, Any]) -> None:
         """After the model file is on disk: ``entry`` with the file's sha256 and the settings."""
         settings = self.settings.state_dict() if self.settings is not None else None
-        file = {"file": self.model_path.name, "sha256": sha256_of(self.model_path)}
+        file = {"file": self.model_path.name, "sha256": file_hash(self.model_path)}
         self._write({**dict(entry), **file, **({"settings": settings} if settings is not None else {})})
 
     def resolve(self) -> dict[str, Any] | None:
@@ -167,7 +162,7 @@ class ModelRecord:
         record = self.read()
         if record is None or not self.model_path.is_file():
             return None
-        digest = sha256_of(self.model_path)
+        digest = file_hash(self.model_path)
         if record.get("sha256") == digest:
             return record
         if isinstance(record.get("pending"), dict):  # stopped after the file was written, before the record

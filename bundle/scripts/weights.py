@@ -112,6 +112,12 @@ def large_file_entry(path: str | Path, large_files: str | Path, bundle_root: str
     return None
 
 
+def file_hash(path: str | Path, hash_type: str = "sha256") -> str:
+    """The hex digest of the file at ``path``."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, hash_type.lower()).hexdigest()
+
+
 def verify_weights(path: str | Path, large_files: str | Path, bundle_root: str | Path | None = None) -> bool:
     """Checks the hash of ``path`` against its ``large_files`` entry. Returns whether it was checked (``False``: not
     listed, or listed without ``hash_val``); raises ``ValueError`` naming the file and both hashes on a mismatch."""
@@ -123,8 +129,7 @@ def verify_weights(path: str | Path, large_files: str | Path, bundle_root: str |
         logger.warning(f"{large_files} lists {entry['path']} without hash_val: its integrity is not checked.")
         return False
     if not check_hash(path, str(expected).lower(), hash_type):
-        with open(path, "rb") as f:  # the actual digest, for the message (check_hash only logs it)
-            actual = hashlib.file_digest(f, hash_type.lower()).hexdigest()
+        actual = file_hash(path, hash_type)  # the actual digest, for the message (check_hash only logs it)
         raise BundleError(
             f"{path} is not the file listed in {large_files}: corrupt, truncated or replaced (expected {hash_type} "
             f"{expected}, got {actual}). Restore it ({entry.get('url') or 'git checkout -- ' + str(entry['path'])}); "
