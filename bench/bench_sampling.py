@@ -33,9 +33,9 @@ sys.path.insert(0, str(BUNDLE))
 
 from monai.networks.schedulers import DDIMScheduler  # noqa: E402
 
+from scripts.diffusion.sampling import DiffusionSegmentationInferer  # noqa: E402
+from scripts.diffusion.schedulers import RespacedDDPMScheduler  # noqa: E402
 from scripts.networks import MedSegDiffV2  # noqa: E402
-from scripts.sampling import DiffusionSegmentationInferer  # noqa: E402
-from scripts.schedulers import RespacedDDPMScheduler  # noqa: E402
 
 
 def scheduler(kind: str):
@@ -120,12 +120,14 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd network (cached modes)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--max-seconds", type=float, default=1e9, help="skip settings whose estimate exceeds this")
-    ap.add_argument("--keep-freed-memory", action="store_true", help="scripts.allocator.keep_freed_memory (glibc)")
+    ap.add_argument(
+        "--keep-freed-memory", action="store_true", help="scripts.runtime.allocator.keep_freed_memory (glibc)"
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators")
     args = ap.parse_args()
     if args.keep_freed_memory:
-        from scripts.allocator import keep_freed_memory
+        from scripts.runtime.allocator import keep_freed_memory
 
         keep_freed_memory()
 

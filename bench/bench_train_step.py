@@ -98,7 +98,7 @@ def main() -> None:
     from monai.networks.nets import UNet
     from monai.networks.schedulers import DDPMScheduler
 
-    from scripts import diffusion
+    from scripts.diffusion import training as diffusion
     from scripts.networks import MedSegDiffV2
 
     new_api = hasattr(diffusion, "stratified_timesteps")  # the bundle's training pieces, or an older checkout's

@@ -25,9 +25,9 @@ from monai.networks.schedulers import DDIMScheduler
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
-from scripts.fusion import fuse, onehot_to_labels  # noqa: E402
-from scripts.sampling import DiffusionSegmentationInferer  # noqa: E402
-from scripts.schedulers import RespacedDDPMScheduler  # noqa: E402
+from scripts.diffusion.fusion import fuse, onehot_to_labels  # noqa: E402
+from scripts.diffusion.sampling import DiffusionSegmentationInferer  # noqa: E402
+from scripts.diffusion.schedulers import RespacedDDPMScheduler  # noqa: E402
 
 
 def dice(pred: np.ndarray, gt: np.ndarray, k: int) -> float:

@@ -32,12 +32,12 @@ sys.path.insert(0, str(BUNDLE))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
-from scripts.fusion import binary_entropy, fuse  # noqa: E402
-from scripts.uncertainty import auroc_from_counts, calibration_bins, ece_from_bins  # noqa: E402
+from scripts.diffusion.fusion import binary_entropy, fuse  # noqa: E402
+from scripts.evaluation.uncertainty import auroc_from_counts, calibration_bins, ece_from_bins  # noqa: E402
 
 
 def auroc(scores: np.ndarray, errors: np.ndarray) -> float:
-    """Pooled error-detection AUROC (ties count 1/2), as ``scripts.uncertainty.ErrorDetectionAUROC`` computes it."""
+    """Pooled error-detection AUROC (ties count 1/2), as ``ErrorDetectionAUROC`` of the bundle computes it."""
     values, inverse = np.unique(scores, return_inverse=True)
     n_pos = np.bincount(inverse[errors], minlength=len(values))
     n_neg = np.bincount(inverse[~errors], minlength=len(values))
@@ -45,7 +45,7 @@ def auroc(scores: np.ndarray, errors: np.ndarray) -> float:
 
 
 def ece(p: np.ndarray, y: np.ndarray) -> float:
-    """Pooled ECE with 15 equal-width bins, as ``scripts.uncertainty.ExpectedCalibrationError`` computes it."""
+    """Pooled ECE with 15 equal-width bins, as ``ExpectedCalibrationError`` of the bundle computes it."""
     return float(ece_from_bins(calibration_bins(torch.from_numpy(p)[None], torch.from_numpy(y)[None]))[0])
 
 

@@ -17,8 +17,8 @@ from monai.data import CacheDataset, DataLoader, NibabelReader, list_data_collat
 from monai.transforms import Compose
 from PIL import Image
 
-import scripts.data as data
-from scripts.data import DataValidationError
+from scripts.data import datalist, transforms, validation
+from scripts.runtime.errors import DataValidationError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 VOLUME = ("volume.yaml",)  # the 3D overlay of train.yaml
@@ -62,7 +62,7 @@ def png_case(tmp_path: Path, mask: np.ndarray | None = None) -> dict[str, str]:
 def validate(cases: Any, root: Path, num_classes: int, spatial_dims: int, **kw: Any) -> list[dict]:
     """The training section of ``cases``: a list of cases, or anything ``load_datalist`` takes."""
     datalist = {"training": cases} if isinstance(cases, list) else cases
-    return data.load_datalist(datalist, root, "training", num_classes, spatial_dims, **kw)
+    return validation.load_datalist(datalist, root, "training", num_classes, spatial_dims, **kw)
 
 
 def names(cases: list[dict]) -> set[str]:
@@ -82,7 +82,7 @@ def expect_error(match_file: str, phrase: str, *args: Any, **kw: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 def test_demo_isic_datalist(demo_data: Path) -> None:
     root = demo_data / "isic"
-    sections = data.validate_datalist(root / "datalist.json", root, num_classes=1, spatial_dims=2, in_channels=3)
+    sections = validation.validate_datalist(root / "datalist.json", root, num_classes=1, spatial_dims=2, in_channels=3)
     assert [len(sections["training"]), len(sections["validation"])] == [32, 8]
     for case in sections["training"] + sections["validation"]:
         assert Path(case["image"]).is_absolute() and Path(case["image"]).is_file() and Path(case["label"]).is_file()
@@ -92,8 +92,8 @@ def test_demo_isic_datalist(demo_data: Path) -> None:
 def test_demo_hippocampus_datalist(demo_data: Path) -> None:
     root = demo_data / "hippocampus"
     # a datalist path relative to dataset_dir, as a bundle config would pass it
-    train = data.load_datalist("datalist.json", root, "training", num_classes=2, spatial_dims=3, in_channels=1)
-    val = data.load_datalist("datalist.json", root, "validation", num_classes=2, spatial_dims=3)
+    train = validation.load_datalist("datalist.json", root, "training", num_classes=2, spatial_dims=3, in_channels=1)
+    val = validation.load_datalist("datalist.json", root, "validation", num_classes=2, spatial_dims=3)
     assert (len(train), len(val)) == (9, 3)
     assert all(Path(c["label"]).parent.name == "labelsTr" for c in train + val)
     # the same data is rejected as 2D, and with too few classes
@@ -197,15 +197,15 @@ def test_empty_or_malformed_datalist(tmp_path: Path) -> None:
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps({"training": [case], "test": ["img.png"]}))
     with pytest.raises(DataValidationError, match="missing section 'validation'.*'training', 'test'"):
-        data.load_datalist(path, tmp_path, "validation", 1, 2)
+        validation.load_datalist(path, tmp_path, "validation", 1, 2)
     with pytest.raises(DataValidationError, match="not_there.json: datalist file not found"):
-        data.load_datalist("not_there.json", tmp_path, "training", 1, 2)
+        validation.load_datalist("not_there.json", tmp_path, "training", 1, 2)
     path.write_text("{not json")
     with pytest.raises(DataValidationError, match="datalist.json: datalist cannot be read as JSON"):
-        data.load_datalist(path, tmp_path, "training", 1, 2)
+        validation.load_datalist(path, tmp_path, "training", 1, 2)
     expect_error("{'image': 'img.png'}", "has no 'label' key", [{"image": "img.png"}], tmp_path, 1, 2)
     with pytest.raises(DataValidationError, match="datalist is empty"):
-        data.load_datalist([], tmp_path, "training", 1, 2)
+        validation.load_datalist([], tmp_path, "training", 1, 2)
 
 
 def test_all_invalid_cases_are_reported_in_one_message(tmp_path: Path) -> None:
@@ -221,17 +221,17 @@ def test_all_invalid_cases_are_reported_in_one_message(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 def test_folder_layout_images_tr(demo_data: Path) -> None:
     root = demo_data / "hippocampus"
-    first = data.validate_datalist(None, root, 2, 3, val_fraction=0.25, seed=3)
-    again = data.validate_datalist("", root, 2, 3, val_fraction=0.25, seed=3)
+    first = validation.validate_datalist(None, root, 2, 3, val_fraction=0.25, seed=3)
+    again = validation.validate_datalist("", root, 2, 3, val_fraction=0.25, seed=3)
     assert first == again and (len(first["training"]), len(first["validation"])) == (9, 3)
     assert not names(first["training"]) & names(first["validation"])
     assert all(Path(c["image"]).name == Path(c["label"]).name for c in first["training"])
-    other = data.validate_datalist(None, root, 2, 3, val_fraction=0.25, seed=4)
+    other = validation.validate_datalist(None, root, 2, 3, val_fraction=0.25, seed=4)
     assert other["validation"] != first["validation"]
 
 
 def test_folder_layout_images_masks(demo_data: Path, tmp_path: Path) -> None:
-    sections = data.validate_datalist(None, demo_data / "isic", 1, 2, val_fraction=0.2)
+    sections = validation.validate_datalist(None, demo_data / "isic", 1, 2, val_fraction=0.2)
     assert (len(sections["training"]), len(sections["validation"])) == (32, 8)
     case = sections["training"][0]
     assert Path(case["label"]).name == Path(case["image"]).stem + "_segmentation.png"
@@ -240,7 +240,7 @@ def test_folder_layout_images_masks(demo_data: Path, tmp_path: Path) -> None:
     (tmp_path / "masks").mkdir()
     shutil.copy(case["image"], tmp_path / "images" / "lonely.jpg")
     with pytest.raises(DataValidationError, match="lonely.jpg: no matching label file"):
-        data.load_datalist(None, tmp_path, "training", 1, 2)
+        validation.load_datalist(None, tmp_path, "training", 1, 2)
 
 
 def test_folder_layout_nnunet_channel_suffix(tmp_path: Path) -> None:
@@ -249,17 +249,20 @@ def test_folder_layout_nnunet_channel_suffix(tmp_path: Path) -> None:
     for i in range(3):
         save_nifti(tmp_path / "imagesTr" / f"case{i}_0000.nii.gz", np.zeros((4, 5, 6), np.float32))
         save_nifti(tmp_path / "labelsTr" / f"case{i}.nii.gz", np.ones((4, 5, 6), np.uint8))
-    sections = data.validate_datalist(None, tmp_path, 1, 3, val_fraction=0.3)
+    sections = validation.validate_datalist(None, tmp_path, 1, 3, val_fraction=0.3)
     assert (len(sections["training"]), len(sections["validation"])) == (2, 1)
     with pytest.raises(DataValidationError, match="no datalist given and no folder layout found"):
-        data.load_datalist(None, tmp_path / "imagesTr", "training", 1, 3)
+        validation.load_datalist(None, tmp_path / "imagesTr", "training", 1, 3)
 
 
 def test_split_cases() -> None:
-    split = data.split_cases(list(range(10)), val_fraction=0.2, seed=0)
-    assert split == data.split_cases(list(range(10)), 0.2, 0)
+    split = datalist.split_cases(list(range(10)), val_fraction=0.2, seed=0)
+    assert split == datalist.split_cases(list(range(10)), 0.2, 0)
     assert len(split["validation"]) == 2 and sorted(split["training"] + split["validation"]) == list(range(10))
-    assert len(data.split_cases([1, 2], 0.01)["validation"]) == 1 and data.split_cases([1, 2], 0.0)["validation"] == []
+    assert (
+        len(datalist.split_cases([1, 2], 0.01)["validation"]) == 1
+        and datalist.split_cases([1, 2], 0.0)["validation"] == []
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -281,15 +284,15 @@ def test_intensity_by_modality() -> None:
 
 def test_label_to_one_hot() -> None:
     label = torch.tensor([[[0, 1], [2, 3]]])
-    out = data.LabelToOneHotd("y", num_classes=3)({"y": label})["y"]
+    out = transforms.LabelToOneHotd("y", num_classes=3)({"y": label})["y"]
     assert out.dtype == torch.float32 and out.shape == (3, 2, 2)
     assert torch.equal(out.argmax(0) + out.amax(0), label[0].float())  # channel c-1 is class c
     binary = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
-    assert torch.equal(data.LabelToOneHotd("y", num_classes=1)({"y": binary})["y"], binary)
+    assert torch.equal(transforms.LabelToOneHotd("y", num_classes=1)({"y": binary})["y"], binary)
     with pytest.raises(ValueError, match="values outside 0..1"):
-        data.LabelToOneHotd("y", num_classes=1)({"y": binary * 255})
+        transforms.LabelToOneHotd("y", num_classes=1)({"y": binary * 255})
     with pytest.raises(ValueError, match="must be a \\(1, \\*spatial\\) label map"):
-        data.LabelToOneHotd("y", num_classes=1)({"y": binary.repeat(2, 1, 1)})
+        transforms.LabelToOneHotd("y", num_classes=1)({"y": binary.repeat(2, 1, 1)})
 
 
 def test_binary_labels_become_0_1_and_multi_class_labels_pass(demo_data: Path) -> None:

@@ -18,10 +18,10 @@ import yaml
 from ignite.engine import Engine
 from tiny_config import TINY_NET
 
-from scripts.cli import check_cli_overrides, unknown_override_keys
 from scripts.networks import MedSegDiffV2
-from scripts.package import package_bundle
-from scripts.weights import VerifiedWeightsLoader, verify_weights
+from scripts.runtime.cli import check_cli_overrides, unknown_override_keys
+from scripts.runtime.weights import VerifiedWeightsLoader, verify_weights
+from scripts.tools.package import package_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
@@ -152,7 +152,7 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": [listed]}))
 
     version = json.loads((src / "configs" / "metadata.json").read_text())["version"]
-    proc = run_cli(["-m", "scripts.package", "--output", str(tmp_path / "dist" / "b.zip")], cwd=src)
+    proc = run_cli(["-m", "scripts.tools.package", "--output", str(tmp_path / "dist" / "b.zip")], cwd=src)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with zipfile.ZipFile(tmp_path / "dist" / "b.zip") as zf:
         names = zf.namelist()
@@ -170,9 +170,9 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     # the weights loader checks large_files.yml; unknown --keys are rejected (both as the YAML lines proposed for
     # inference.yaml), which must let every override of this command through
     checked = {
-        "weights_loader#_target_": "scripts.weights.VerifiedWeightsLoader",
+        "weights_loader#_target_": "scripts.runtime.weights.VerifiedWeightsLoader",
         "weights_loader#large_files": "$@bundle_root + '/large_files.yml'",
-        "+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}],
+        "+initialize": [{"_target_": "scripts.runtime.cli.check_cli_overrides"}],
     }
     (tmp_path / "checked.yaml").write_text(yaml.safe_dump(checked))
     configs = f"['{bundle / 'configs' / 'inference.yaml'}','{tmp_path / 'checked.yaml'}']"
@@ -307,7 +307,7 @@ def test_unknown_override_keys_are_named_with_close_matches(bundle_root: Path, t
         check_cli_overrides(["run", "--args_file", str(args_file)])
 
     overlay = tmp_path / "checked.yaml"  # the initialize line proposed for the bundle configs
-    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.cli.check_cli_overrides"}]}))
+    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.runtime.cli.check_cli_overrides"}]}))
     configs_arg = f"['configs/inference.yaml','{overlay}']"
     proc = run_cli(["-m", "monai.bundle", "run", "--config_file", configs_arg, "--ensemble_sise", "3"], bundle_root)
     assert proc.returncode != 0

@@ -16,8 +16,7 @@ from monai.networks.nets import UNet
 from PIL import Image
 from tiny_config import TINY_EVAL
 
-from scripts.evaluation import OverlayGridSaver, case_dice
-from scripts.metrics import (
+from scripts.evaluation.metrics import (
     DiceConfidenceIntervalMetric,
     EnsembleDiceCurveMetric,
     GeneralizedEnergyDistanceMetric,
@@ -26,6 +25,7 @@ from scripts.metrics import (
     generalized_energy_distance,
     overlap_scores,
 )
+from scripts.evaluation.savers import OverlayGridSaver, case_dice
 
 
 def mask(shape: tuple[int, ...], *boxes: tuple[slice, ...]) -> torch.Tensor:
@@ -227,7 +227,7 @@ def test_time_budget_stops_training_after_a_final_validation(
 
 
 def test_staple_on_disagreeing_noise_masks_stops_at_the_iteration_cap() -> None:
-    from scripts.fusion import staple_binary
+    from scripts.diffusion.fusion import staple_binary
 
     noise = (np.random.default_rng(0).random((10, 64, 64)) > 0.5).astype(np.uint8)  # EM never converges on these
     with pytest.warns(UserWarning, match="did not converge in 20 iterations"):

@@ -14,7 +14,9 @@ import yaml
 from monai.networks.schedulers import DDIMScheduler
 from tiny_config import TINY_NET
 
-from scripts.export import (
+from scripts.diffusion.sampling import DiffusionSegmentationInferer
+from scripts.networks import EnsembleSegmenter, MedSegDiffV2
+from scripts.tools.export import (
     FILES,
     ExportedMedSegDiffV2,
     export,
@@ -22,8 +24,6 @@ from scripts.export import (
     read_extra_files,
     save_programs,
 )
-from scripts.networks import EnsembleSegmenter, MedSegDiffV2
-from scripts.sampling import DiffusionSegmentationInferer
 
 ROI = 32
 # the tiny network through the bundle's own config (1-channel MR, 2 classes), as the CLI builds it
@@ -115,7 +115,15 @@ def test_only_the_known_extra_files_are_stored(exported: Path, tmp_path: Path) -
 
 def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
-    cmd = [sys.executable, "-m", "scripts.export", "--ckpt", str(tmp_path / "model.pt"), "--output", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scripts.tools.export",
+        "--ckpt",
+        str(tmp_path / "model.pt"),
+        "--output",
+        str(tmp_path),
+    ]
     cmd += ["--config_file", "['configs/inference.yaml','configs/inference_volume.yaml']", "--roi_size", str(ROI)]
     for k, v in TINY_NET.items():
         cmd += [f"--network_def#{k}", str(v)]

@@ -19,11 +19,11 @@ from monai.transforms import KeepLargestConnectedComponentd
 from PIL import Image
 from tiny_config import TINY_NET
 
-from scripts.fusion import EnsembleFusiond, fuse, staple_binary, staple_multilabel
+from scripts.data.transforms import SliceContextd, stack_context
+from scripts.diffusion.fusion import EnsembleFusiond, fuse, staple_binary, staple_multilabel
+from scripts.diffusion.sampling import DiffusionSegmentationInferer
+from scripts.diffusion.schedulers import RespacedDDPMScheduler
 from scripts.networks import MedSegDiffV2
-from scripts.sampling import DiffusionSegmentationInferer
-from scripts.schedulers import RespacedDDPMScheduler
-from scripts.transforms import SliceContextd, stack_context
 
 NET = TINY_NET
 FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
@@ -399,7 +399,7 @@ def test_cuda_saved_weights_load_on_a_cpu_machine(
 ALLOCATION_LOOP = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[2])
-from scripts.allocator import keep_freed_memory
+from scripts.runtime.allocator import keep_freed_memory
 applied = keep_freed_memory(sys.argv[1] == "keep")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(40):

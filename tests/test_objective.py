@@ -17,8 +17,10 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from tiny_config import TINY_NET
 from torch import nn
 
-from scripts.diagnostics import DonorDataset, ImageRelianceHandler, donor_indices, loss_terms
-from scripts.diffusion import (
+from scripts.diffusion.ema import PowerMomentum
+from scripts.diffusion.sampling import FLIPS, DiffusionSegmentationInferer
+from scripts.diffusion.schedulers import RespacedDDPMScheduler
+from scripts.diffusion.training import (
     AnchorWarmup,
     MedSegDiffLoss,
     SegDiffusionTrainingInferer,
@@ -26,12 +28,10 @@ from scripts.diffusion import (
     predicted_x0,
     stratified_timesteps,
 )
-from scripts.ema import PowerMomentum
+from scripts.evaluation.diagnostics import DonorDataset, ImageRelianceHandler, donor_indices, loss_terms
 from scripts.networks import MedSegDiffV2, NBPFilter
 from scripts.networks.nbp_filter import nbp_filters
 from scripts.networks.unet import ConditionOutput
-from scripts.sampling import FLIPS, DiffusionSegmentationInferer
-from scripts.schedulers import RespacedDDPMScheduler
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 

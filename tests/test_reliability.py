@@ -23,14 +23,14 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 from tiny_config import TINY_NET
 
-from scripts.checkpoints import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
-from scripts.checks import RULES, check_roi_size, check_settings
-from scripts.dicom import check_dicom_series
-from scripts.errors import BundleError, DataValidationError
-from scripts.inputs import load_images
+from scripts.data.dicom import check_dicom_series
+from scripts.data.inputs import load_images
+from scripts.data.validation import load_datalist
 from scripts.networks import MedSegDiffV2
-from scripts.validation import load_datalist
-from scripts.weights import verify_weights
+from scripts.runtime.checkpoints import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
+from scripts.runtime.checks import RULES, check_roi_size, check_settings
+from scripts.runtime.errors import BundleError, DataValidationError
+from scripts.runtime.weights import verify_weights
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_OVERLAYS = [
@@ -97,10 +97,10 @@ def test_each_config_block_lives_in_its_entry_config_and_its_listed_copies_only(
             where.setdefault(target, []).append(name)
     chain_2d, chain_3d = ["inference.yaml", "train.yaml"], ["inference_volume.yaml", "volume.yaml"]
     expected = {
-        "scripts.schedulers.make_scheduler": chain_2d,
-        "scripts.sampling.DiffusionSegmentationInferer": chain_2d,
-        "scripts.fusion.EnsembleFusiond": chain_2d,
-        "scripts.weights.VerifiedWeightsLoader": ["evaluate.yaml", "inference.yaml"],
+        "scripts.diffusion.schedulers.make_scheduler": chain_2d,
+        "scripts.diffusion.sampling.DiffusionSegmentationInferer": chain_2d,
+        "scripts.diffusion.fusion.EnsembleFusiond": chain_2d,
+        "scripts.runtime.weights.VerifiedWeightsLoader": ["evaluate.yaml", "inference.yaml"],
         "DiceMetric": ["train.yaml"],
         "LoadImaged": sorted(chain_2d + chain_3d),
         "Resized": sorted(chain_2d + chain_3d),
@@ -473,7 +473,7 @@ CONFIG_SETS = [
 def test_every_checked_key_a_config_defines_is_passed_to_the_check(bundle_root: Path, configs: list[str]) -> None:
     parser = ConfigParser(ConfigParser.load_config_files([str(bundle_root / "configs" / c) for c in configs]))
     initialize = [i for i in parser["initialize"] if isinstance(i, dict)]
-    assert any(i.get("_target_") == "scripts.checks.check_settings" for i in initialize)
+    assert any(i.get("_target_") == "scripts.runtime.checks.check_settings" for i in initialize)
     assert any("check_roi_size" in str(i) for i in parser["initialize"])
     defined = {rule.key for rule in RULES} & set(parser.get())
     missing = defined - set(parser["checked_settings"])
@@ -543,7 +543,7 @@ def test_truncated_shipped_weights_are_reported_as_corrupt_with_their_path(
 
 
 def test_truncated_weights_of_a_run_are_reported_as_unloadable(tmp_path: Path) -> None:
-    from scripts.weights import WeightsLoader
+    from scripts.runtime.weights import WeightsLoader
 
     path = tmp_path / "model.pt"
     torch.save({"model": MedSegDiffV2(3, 1, **TINY_NET).state_dict()}, path)

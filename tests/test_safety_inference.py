@@ -24,13 +24,13 @@ from monai.data import MetaTensor
 from PIL import Image
 from tiny_config import TINY_NET
 
-from scripts.checks import check_device, check_output_dir, check_reliance_cases, check_settings
-from scripts.errors import BundleError, DataValidationError, bundle_error_in, summary_line
-from scripts.inputs import load_images
-from scripts.metrics import DiceConfidenceIntervalMetric
+from scripts.data.inputs import load_images
+from scripts.data.validation import load_datalist
+from scripts.evaluation.metrics import DiceConfidenceIntervalMetric
+from scripts.evaluation.outputs import AtomicSaveImaged
 from scripts.networks import MedSegDiffV2
-from scripts.outputs import AtomicSaveImaged
-from scripts.validation import load_datalist
+from scripts.runtime.checks import check_device, check_output_dir, check_reliance_cases, check_settings
+from scripts.runtime.errors import BundleError, DataValidationError, bundle_error_in, summary_line
 
 FAST = {
     "roi_size": 32,

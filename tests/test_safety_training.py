@@ -23,13 +23,18 @@ from monai.bundle import ConfigWorkflow
 from monai.metrics import DiceMetric
 from tiny_config import TINY_NET
 
-from scripts.checkpoints import AtomicCheckpointSaver, ModelRecord, ResumeFromLatestCheckpoint, latest_checkpoint
-from scripts.checks import check_settings
-from scripts.cli import unknown_override_keys
-from scripts.errors import BundleError, bundle_error_in, install_error_summary
 from scripts.networks import MedSegDiffV2
-from scripts.runs import RunLock, check_run_dirs
-from scripts.weights import InitialWeightsLoader, WeightsLoader
+from scripts.runtime.checkpoints import (
+    AtomicCheckpointSaver,
+    ModelRecord,
+    ResumeFromLatestCheckpoint,
+    latest_checkpoint,
+)
+from scripts.runtime.checks import check_settings
+from scripts.runtime.cli import unknown_override_keys
+from scripts.runtime.errors import BundleError, bundle_error_in, install_error_summary
+from scripts.runtime.runs import RunLock, check_run_dirs
+from scripts.runtime.weights import InitialWeightsLoader, WeightsLoader
 
 TRAIN_QUICK = "['configs/train.yaml','configs/quick.yaml']"
 

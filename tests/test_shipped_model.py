@@ -21,7 +21,7 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from PIL import Image
 
-from scripts.weights import large_file_entry, verify_weights
+from scripts.runtime.weights import large_file_entry, verify_weights
 
 # the shipped weights (bundle-relative path) and the configs that run them by default
 SHIPPED = {

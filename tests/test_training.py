@@ -13,7 +13,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from tiny_config import TINY_TRAINING
 
-from scripts.checkpoints import AtomicCheckpointSaver, latest_checkpoint
+from scripts.runtime.checkpoints import AtomicCheckpointSaver, latest_checkpoint
 
 
 def test_2d_binary_training_writes_checkpoints_and_validation_dice(
@@ -130,7 +130,7 @@ def test_init_weights_starts_the_network_and_its_ema_from_given_weights(
 
 
 def test_resume_rejects_the_string_false(train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError) as err:  # at start-up (scripts/checks.py), before any data is read
+    with pytest.raises(RuntimeError) as err:  # at start-up (scripts/runtime/checks.py), before any data is read
         train_workflow(tmp_path, "quick.yaml", resume="false")
     assert "resume='false' is invalid, expected True or False" in repr(err.value.__cause__) + str(err.value)
 

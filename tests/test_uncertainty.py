@@ -17,7 +17,7 @@ from monai.metrics import compute_roc_auc
 from PIL import Image
 from tiny_config import TINY_EVAL
 
-from scripts.uncertainty import (
+from scripts.evaluation.uncertainty import (
     ErrorDetectionAUROC,
     ExpectedCalibrationError,
     ProbabilityUncertaintyd,

@@ -19,10 +19,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 from tiny_config import TINY_NET
 from torch import nn
 
-from scripts.fusion import METHODS
+from scripts.diffusion.fusion import METHODS
+from scripts.diffusion.sampling import DiffusionSegmentationInferer
+from scripts.diffusion.schedulers import make_scheduler
 from scripts.networks import ConditionOutput, EnsembleSegmenter
-from scripts.sampling import DiffusionSegmentationInferer
-from scripts.schedulers import make_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -291,7 +291,8 @@ def test_segmenter_returns_the_fused_mask_per_foreground_class(method: str) -> N
 def test_torchscript_export_the_zoo_runs_fails_inside_the_network(tmp_path: Path) -> None:
     """The zoo's export check (``ckpt_export`` of ``network_def``: TorchScript) cannot compile MedSegDiffV2; the failure
     is TorchScript's, in the network's code (not the config or the weights): the reason of the exclusion that
-    docs/README.md documents. ``python -m scripts.export`` (torch.export) is the bundle's export (test_export.py)."""
+    docs/README.md documents. ``python -m scripts.tools.export`` (torch.export) is the bundle's export
+    (test_export.py)."""
     config = str(CONFIGS / "inference.yaml")
     overrides = {f"network_def#{k}": v for k, v in TINY_NET.items()}
     parser = ConfigParser()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..fusion import METHODS, EnsembleFusiond
+from ..diffusion.fusion import METHODS, EnsembleFusiond
 
 
 class EnsembleSegmenter(nn.Module):

@@ -88,8 +88,8 @@ class MedSegDiffInfer(BasicInferTask):
     # --- weights --------------------------------------------------------------------------------------------------
     def verify_weights(self) -> None:
         """Raises the bundle's error when the weights file is missing or is not the one ``large_files.yml`` lists."""
-        from scripts.errors import BundleError
-        from scripts.weights import verify_weights
+        from scripts.runtime.errors import BundleError
+        from scripts.runtime.weights import verify_weights
 
         path = self.ckpt
         if not os.path.isfile(path):
@@ -140,8 +140,8 @@ class MedSegDiffInfer(BasicInferTask):
     def _pipeline(self, data: dict[str, Any]) -> dict[str, Any]:
         """preprocessing, inferer and postprocessing parsed with the request's settings (one parse per settings, so
         that postprocessing's Invertd inverts the very preprocessing instance that ran)."""
-        from scripts.checks import check_settings
-        from scripts.errors import BundleError
+        from scripts.runtime.checks import check_settings
+        from scripts.runtime.errors import BundleError
 
         options = self.options(data)
         key = json.dumps(options, sort_keys=True, default=str)

@@ -2,9 +2,9 @@
 
 ITK (MONAI's reader) stacks whatever files a folder holds: a missing slice gives a volume with uniform spacing and the
 wrong geometry (with only a C++ warning), and two series in one folder are silently mixed. :func:`check_dicom_series`
-reads the headers only and raises a :class:`~scripts.errors.BundleError` naming the folder and the problem: mixed
-series, mixed orientations or sizes, duplicate slices, missing slices (a gap) or non-uniform spacing. The bundle never
-resamples a series to hide a gap.
+reads the headers only and raises a :class:`~scripts.runtime.errors.BundleError` naming the folder and the problem:
+mixed series, mixed orientations or sizes, duplicate slices, missing slices (a gap) or non-uniform spacing.
+The bundle never resamples a series to hide a gap.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .errors import BundleError
+from ..runtime.errors import BundleError
 
 __all__ = ["check_dicom_series", "dicom_files"]
 

@@ -14,8 +14,8 @@ import numpy as np
 from monai.transforms import LoadImage
 from PIL import Image
 
+from ..runtime.errors import BundleError, DataValidationError
 from .dicom import check_dicom_series
-from .errors import BundleError, DataValidationError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # the suffixes MONAI's PILReader claims

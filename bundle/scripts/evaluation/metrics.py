@@ -20,7 +20,7 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from scipy import stats
 
-from .fusion import STAPLE_MAX_ITERATIONS, fuse
+from ..diffusion.fusion import STAPLE_MAX_ITERATIONS, fuse
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from monai.bundle.config_item import ComponentLocator, ConfigComponent
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS, ID_SEP_KEY, MERGE_KEY
 
+from ..networks import MedSegDiffV2
+from ..networks.medsegdiff_v2 import Architecture
 from .errors import BundleError, install_error_summary
-from .networks import MedSegDiffV2
-from .networks.medsegdiff_v2 import Architecture
 
 # components whose **kwargs take a known set of names
 KEYWORD_ARGUMENTS = {MedSegDiffV2: [f.name for f in dataclasses.fields(Architecture)]}

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataValidationError
+from ..runtime.errors import DataValidationError
 
 # folder layouts: image sub-folder -> accepted label sub-folders
 FOLDER_LAYOUTS: dict[str, tuple[str, ...]] = {"imagesTr": ("labelsTr",), "images": ("masks", "labels")}

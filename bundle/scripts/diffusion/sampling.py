@@ -12,9 +12,9 @@ from monai.inferers import Inferer, SliceInferer
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from .diffusion import unwrap
-from .networks.unet import ConditionOutput
-from .transforms import stack_context
+from ..data.transforms import stack_context
+from ..networks.unet import ConditionOutput
+from .training import unwrap
 
 # flip_members: the flip of member j is FLIPS[j % 4] (none, horizontal, vertical, both), over the last two axes
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -55,7 +55,7 @@ class DiffusionSegmentationInferer(Inferer):
             fusion, so that the members also differ in what the Condition Model sees. Not in the paper.
         soft_members: members keep the denoiser's final mask estimate in [0, 1]; ``False``: binary members.
         context_slices: volumes: each slice also receives this many neighbours on each side as extra image channels
-            (2.5D, :func:`scripts.transforms.stack_context`, as training's ``SliceContextd``). Not in the paper.
+            (2.5D, :func:`scripts.data.transforms.stack_context`, as training's ``SliceContextd``). Not in the paper.
 
     Called with ``donor``, another case's image (``PrepareBatchExtraInput({"donor": "donor"})`` passes it), it also
     returns the anchor mask (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same

@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 from monai.data.image_writer import ImageWriter, NibabelWriter, PILWriter
 from monai.transforms import SaveImaged
 
-from .errors import BundleError
+from ..runtime.errors import BundleError
 
 __all__ = ["AtomicSaveImaged", "NiftiOutputWriter", "PNGOutputWriter", "partial_name"]
 

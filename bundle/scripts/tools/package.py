@@ -1,6 +1,6 @@
 """Packs the bundle into a zip that unpacks to one folder named after the bundle (``medsegdiff_v2/``), ready to run.
 
-Usage, from the bundle root: ``python -m scripts.package [--output dist/medsegdiff_v2_<version>.zip]``.
+Usage, from the bundle root: ``python -m scripts.tools.package [--output dist/medsegdiff_v2_<version>.zip]``.
 Only the bundle's own files travel: LICENSE, large_files.yml, configs/, docs/, scripts/, data/ and every weight file
 that large_files.yml lists (the configs' defaults, e.g. models/model.pt and models/model_hippocampus.pt; no
 checkpoints, runs/, eval/, caches or __pycache__). Each must be present and match its hash.
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import BundleError
-from .weights import WEIGHT_LISTS, verify_weights
+from ..runtime.errors import BundleError
+from ..runtime.weights import WEIGHT_LISTS, verify_weights
 
 logger = logging.getLogger(__name__)
 

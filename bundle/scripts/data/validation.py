@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.errors import DataValidationError
 from .datalist import SECTIONS, VAL_FRACTION, PathLike, read_sections
-from .errors import DataValidationError
 from .readers import FileInfo, check_dims, check_image_values, check_rgb_range, fmt_shape, read_file, resolve_path
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,6 @@ def load_datalist(
     **kwargs: Any,
 ) -> list[dict]:
     """One validated section with absolute paths, for bundle configs, e.g.
-    ``"$scripts.validation.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)"``.
+    ``"$scripts.data.validation.load_datalist(@datalist, @dataset_dir, 'training', @num_classes, @spatial_dims)"``.
     ``kwargs`` go to :func:`validate_datalist`."""
     return validate_datalist(datalist, dataset_dir, num_classes, spatial_dims, keys=(key,), **kwargs)[key]

@@ -19,7 +19,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch import nn
 
-from .diffusion import unwrap
+from ..diffusion.training import unwrap
 from .errors import BundleError, write_error
 from .weights import describe_mismatch, file_hash, load_failure
 
@@ -206,7 +206,7 @@ class SafeDiskSaver(DiskSaver):
             super().__call__({self.key: checkpoint} if self.key else checkpoint, filename, metadata)
             if path.is_file():
                 os.chmod(path, file_mode())
-        except OSError as e:  # kept an OSError, naming the file (the ERROR line of scripts.errors shows both)
+        except OSError as e:  # kept an OSError, naming the file (the ERROR line of scripts.runtime.errors shows both)
             if e.filename is None and e.errno is not None:
                 e.filename = str(path)
             raise

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from .datalist import VAL_FRACTION, PathLike, read_sections
+from ..data.datalist import VAL_FRACTION, PathLike, read_sections
+from ..diffusion.schedulers import SAMPLERS
+from ..networks import ANCHOR_MODES, PRESETS, SEMANTIC_MODES
 from .errors import BundleError
-from .networks import ANCHOR_MODES, PRESETS, SEMANTIC_MODES
-from .schedulers import SAMPLERS
 
 __all__ = [
     "RULES",
@@ -201,7 +201,7 @@ RULES: tuple[Rule, ...] = (
     Rule("autocast", boolean()),
     Rule("keep_freed_memory", boolean()),
     Rule("slice_batch", integer(1)),
-    Rule("output_ext", output_format()),  # 2D: a NIfTI result also needs a NIfTI input (scripts.inputs)
+    Rule("output_ext", output_format()),  # 2D: a NIfTI result also needs a NIfTI input (scripts.data.inputs)
     Rule("output_scale", optional(number(0.0, low_open=True))),
     Rule("grid_cases", integer(0)),
     Rule("eval_split", one_of("validation", "test")),
@@ -302,7 +302,7 @@ def check_reliance_cases(
     """Image reliance (``val_reliance``) samples each case of the ``split`` section with another case's condition:
     raises :class:`BundleError` when the section has fewer than 2 cases, from the datalist alone (no image is read).
     A folder layout or a plain list puts ``round(VAL_FRACTION * n)`` of its n cases in validation, as
-    ``scripts.validation.load_datalist`` does."""
+    ``scripts.data.validation.load_datalist`` does."""
     if not val_reliance:
         return
     root = Path(dataset_dir).expanduser().resolve()

@@ -34,7 +34,7 @@ from monai.config import KeysCollection
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import MapTransform
 
-from .fusion import binary_entropy, onehot_to_labels
+from ..diffusion.fusion import binary_entropy, onehot_to_labels
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from PIL import Image, ImageDraw
 
-from .fusion import onehot_to_labels
+from ..diffusion.fusion import onehot_to_labels
 
 logger = logging.getLogger(__name__)
 

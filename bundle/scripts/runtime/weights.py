@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from .diffusion import unwrap
+from ..diffusion.training import unwrap
 from .errors import BundleError
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ The batch is dynamic (ensemble members, slices); H = W = the config's ``roi_size
 frequency grid specialises it), as inference resizes every image to it. Run from the bundle root, with the configs
 used for inference (and the same overrides):
 
-    python -m scripts.export --ckpt models/model.pt --output models/
-    python -m scripts.export --ckpt models/model.pt --output models/ \
+    python -m scripts.tools.export --ckpt models/model.pt --output models/
+    python -m scripts.tools.export --ckpt models/model.pt --output models/ \
         --config_file "['configs/inference.yaml','configs/inference_volume.yaml']" --preset small
 
 Load with ``ExportedMedSegDiffV2.load("models/")``: a drop-in network for ``DiffusionSegmentationInferer``. As
@@ -29,8 +29,8 @@ from monai.bundle import ConfigParser
 from torch import nn
 from torch.export import Dim
 
-from .networks import MedSegDiffV2
-from .networks.unet import ConditionOutput
+from ..networks import MedSegDiffV2
+from ..networks.unet import ConditionOutput
 
 FILES = {"condition": "condition.pt2", "denoiser": "denoiser.pt2"}
 # JSON stored in each exported file next to the program (MONAI's ckpt_export stores the same in a TorchScript file)

@@ -7,8 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..runtime.errors import DataValidationError
 from .datalist import PathLike, folder_entries, read_sections
-from .errors import DataValidationError
 from .readers import (
     NIFTI_SUFFIXES,
     check_dims,

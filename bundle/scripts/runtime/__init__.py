@@ -1,0 +1,1 @@
+"""Runtime: errors, start-up checks, the command line, checkpoints, shipped weights, run folders, handlers."""

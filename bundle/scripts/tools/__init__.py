@@ -1,0 +1,1 @@
+"""Tools: export with torch.export, and the model-zoo package."""
