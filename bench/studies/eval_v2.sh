@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Evaluations of the fixed-budget V2 weights with configs/evaluate.yaml (10 samples, STAPLE) on the CPU, one after
 # another: ISIC (first 16 validation cases) with DDIM-5/10/20 and DDPM-100; hippocampus (20 volumes) with DDIM-5, 5 samples.
-# Usage, from the repository root: ISIC_CKPT=... HIP_CKPT=... OUT=/tmp/ev bash bench/eval_v2.sh
+# Usage, from the repository root: ISIC_CKPT=... HIP_CKPT=... OUT=/tmp/ev bash bench/studies/eval_v2.sh
 set -u
 OUT=${OUT:-/tmp/ev}; D=${D:-$PWD/../shared/data}; mkdir -p $OUT
 python3 -c "import json; d=json.load(open('bundle/docs/splits/isic2018_split.json')); json.dump({'validation': d['validation'][:16]}, open('$OUT/isic_val16.json', 'w'))"

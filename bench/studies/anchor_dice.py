@@ -3,7 +3,7 @@
 A diagnostic for short trainings (bundle/docs/results.md): it shows how far the Condition Model has learned while
 the diffusion denoiser may still sample poor masks. Binary (one class) only. From the repository root:
 
-    python bench/anchor_dice.py --weights model.pt --dataset_dir ../shared/data/isic2018_task1_256 \
+    python bench/studies/anchor_dice.py --weights model.pt --dataset_dir ../shared/data/isic2018_task1_256 \
         --datalist bundle/docs/splits/isic2018_split.json --roi_size 128 --preset small --cases 16
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 from monai.bundle import ConfigParser  # noqa: E402

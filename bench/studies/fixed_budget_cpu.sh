@@ -2,7 +2,7 @@
 # Fixed wall-clock comparison on a CPU (docs/results.md): the small V2 preset and the UNet baseline trained one after
 # the other for BUDGET seconds each on ISIC 2018 at 64x64 (configs/quick.yaml settings), then evaluated with
 # configs/evaluate.yaml (V2: DDIM-10 on the 64 validation cases and DDPM-100 on the first 16; 10 samples, STAPLE).
-# Usage, from the repository root: BUDGET=900 R=/tmp/cpu bash bench/fixed_budget_cpu.sh
+# Usage, from the repository root: BUDGET=900 R=/tmp/cpu bash bench/studies/fixed_budget_cpu.sh
 set -u
 BUDGET=${BUDGET:-900}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/cpu}; PY=${PY:-$PWD/.venv/bin/python}
 mkdir -p $R

@@ -12,7 +12,7 @@ pooled over all pixels (2D, one foreground class):
 
 The ECE is that of the matching probability. Used for ``soft_members`` (docs/results.md); from the repository root:
 
-    python bench/uncertainty_maps.py --dataset_dir ../shared/data/isic2018_task1_256 \\
+    python bench/studies/uncertainty_maps.py --dataset_dir ../shared/data/isic2018_task1_256 \\
         --datalist bundle/docs/splits/isic2018_split.json --weights bundle/models/model.pt --patch_size 2
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 from monai.bundle import ConfigParser  # noqa: E402

@@ -9,11 +9,11 @@
 # them on a CPU with bench/same_budget_eval.sh (STAPLE needs SimpleITK, which is not on the GPU machine).
 # D: the ISIC images and masks of the split's training and validation cases with a datalist.json of those two lists
 #   (the shared data does not travel to the GPU machine); made here, before the lease, with
-#   SRC=../shared/data/isic2018_task1_256 D=.gpu/isic bash bench/gpu_lease.sh prepare
+#   SRC=../shared/data/isic2018_task1_256 D=.gpu/isic bash bench/studies/gpu_lease.sh prepare
 # OLD: a copy of the older checkout's bench/bench_sampling.py and bundle/scripts (e.g. from a c90914e worktree).
 # LIMIT: seconds from the start by which the fine-tuning's budget must end (the lease's command limit, less margin).
 # SKIP_BENCH=1: the fine-tuning alone; MARGIN: seconds allowed past the budget (start-up, last validation).
-# Usage, from the repository root: D=.gpu/isic OLD=.gpu/old BUDGET=300 bash bench/gpu_lease.sh
+# Usage, from the repository root: D=.gpu/isic OLD=.gpu/old BUDGET=300 bash bench/studies/gpu_lease.sh
 set -u
 D=${D:-.gpu/isic}; OLD=${OLD:-.gpu/old}; BUDGET=${BUDGET:-300}; OUT=${OUT:-/tmp/out}; R=${R:-/tmp/r}; PY=${PY:-python3}
 export PYTHONUNBUFFERED=1

@@ -9,8 +9,8 @@
 # A spec is [data/]name:"overrides", data isic (default) or hippocampus; PAR runs go at once, THREADS torch threads each;
 # RELIANCE=False skips the swapped sampling in evaluation; EXTRA=",'configs/baseline.yaml'" adds overlays after the
 # data's configs (e.g. the UNet baseline; then RELIANCE=False); SPLIT=test scores the held-out list.
-# bench/study_table.py prints the table. Usage, from the repository root:
-#   BUDGET=900 PAR=2 THREADS=1 bash bench/objective_study.sh paper:"--prediction_type epsilon" hippocampus/x0:"..."
+# bench/studies/study_table.py prints the table. Usage, from the repository root:
+#   BUDGET=900 PAR=2 THREADS=1 bash bench/studies/objective_study.sh paper:"--prediction_type epsilon" hippocampus/x0:"..."
 set -u
 BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-$PWD/bundle/runs/study_logs}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; VAL=${VAL:-4}; HIPPO_VAL=${HIPPO_VAL:-100000}; HIPPO_EVAL=${HIPPO_EVAL:-False}

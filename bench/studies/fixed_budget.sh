@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fixed wall-clock comparison (docs/results.md): the small V2 preset and the UNet baseline (configs/baseline.yaml),
 # trained for BUDGET seconds each on ISIC 2018 and MSD hippocampus, all four at once on one GPU; then the baselines are
-# evaluated (configs/evaluate.yaml). The V2 weights are evaluated with bench/eval_v2.sh (STAPLE needs SimpleITK).
-# Usage, from the repository root: BUDGET=360 bash bench/fixed_budget.sh   (DRY=1 skips the GPU checks)
+# evaluated (configs/evaluate.yaml). The V2 weights are evaluated with bench/studies/eval_v2.sh (STAPLE needs SimpleITK).
+# Usage, from the repository root: BUDGET=360 bash bench/studies/fixed_budget.sh   (DRY=1 skips the GPU checks)
 set -u
 BUDGET=${BUDGET:-400}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/r}; NW=${NW:-3}; DRY=${DRY:-0}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT $R

@@ -1,4 +1,4 @@
-"""The table of a fixed-budget study (bench/objective_study.sh): one markdown row per run, from its training log
+"""The table of a fixed-budget study (bench/studies/objective_study.sh): one markdown row per run, from its training log
 and, where it was evaluated, its evaluation CSVs.
 
 Columns: iterations and iterations/s (training time only: the budget's elapsed seconds less the validations inside
@@ -6,7 +6,7 @@ it), then the Dice, anchor Dice, swapped-condition Dice and image reliance of th
 (``runs/study_<name>/eval``: the 10-sample ensemble) or, for runs scored by training's last validation (hippocampus),
 of that validation (one DDIM-10 sample).
 
-    python bench/study_table.py --logs /tmp/study x0_concat paper hippocampus_paper ...
+    python bench/studies/study_table.py --logs /tmp/study x0_concat paper hippocampus_paper ...
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 BUDGET = re.compile(r"time budget of \S+ s reached after (\d+) s \(epoch (\d+), iteration (\d+)\)")
 VALIDATION = re.compile(r"SupervisedEvaluator - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
 METRICS = re.compile(r"Metrics -- (.*)")

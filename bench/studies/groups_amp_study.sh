@@ -4,7 +4,7 @@
 # as name:"overrides", PAR at a time with THREADS torch threads each, validating every 100 iterations, then prints
 # per 100 iterations the mean training loss (L_n) and the validation Dice (one DDIM-10 sample), anchor Dice and image
 # reliance. Usage, from the repository root:
-#   ITERS=400 PAR=2 bash bench/groups_amp_study.sh groups2:"" per_case:"--timestep_groups '$None'" bf16:"--amp True"
+#   ITERS=400 PAR=2 bash bench/studies/groups_amp_study.sh groups2:"" per_case:"--timestep_groups '$None'" bf16:"--amp True"
 set -u
 ITERS=${ITERS:-400}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/groups_amp}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
 PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"

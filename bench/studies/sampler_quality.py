@@ -3,7 +3,7 @@
 Uses the bundle's training config for the validation preprocessing, so the cases are prepared exactly as in
 validation. Example (small preset trained with quick.yaml on ISIC)::
 
-    python bench/sampler_quality.py --weights /tmp/tr/isic/models/model.pt --overlays quick.yaml \
+    python bench/studies/sampler_quality.py --weights /tmp/tr/isic/models/model.pt --overlays quick.yaml \
         --dataset_dir ../shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
         --cases 32 --settings ddpm:100 ddim:5 ddim:10 ddim:20
 """
@@ -22,7 +22,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.schedulers import DDIMScheduler
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 sys.path.insert(0, str(BUNDLE))
 
 from scripts.diffusion.fusion import fuse, onehot_to_labels  # noqa: E402
