@@ -38,10 +38,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-if str(BUNDLE) not in sys.path:
-    sys.path.insert(0, str(BUNDLE))
+from common import BUNDLE, arg_parser, cpu_model, use_bundle
 
+use_bundle()
 try:
     from scripts.networks import PRESETS, MedSegDiffV2
 except ImportError:  # the bundle's other modules need MONAI/ignite; the network needs torch alone (e.g. a bare GPU box)
@@ -67,15 +66,6 @@ MATMUL_OPS = (aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbm
 # --------------------------------------------------------------------------------------------------------------------
 # environment
 # --------------------------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (``platform.processor()`` is often empty on Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """Torch version, thread settings and the device name."""
     backend = next(
@@ -352,9 +342,7 @@ def fmt_load(load: Any) -> str:
 
 # --------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = arg_parser(__doc__.split("\n\n")[0], argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--size", type=int, default=256, help="image / mask height and width")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes")

@@ -17,19 +17,18 @@ a GPU) and prints the N operators with the most self time on the device.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+from common import arg_parser, use_bundle
+
+use_bundle()
 
 from monai.networks.schedulers import DDIMScheduler  # noqa: E402
 
@@ -107,7 +106,7 @@ def profile(net, image, ensemble: int, rows: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--preset", default="paper")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--patch-size", type=int, help="the SS-Former's token patch (default: the preset's)")

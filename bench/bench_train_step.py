@@ -18,27 +18,16 @@ the network wrapped in ``torch.compile`` (the first step, which compiles, is rep
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from common import BUNDLE, arg_parser, cpu_model, use_bundle
 
 
 def step_time(step, device: torch.device, warmup: int, repeats: int) -> float:
@@ -77,7 +66,7 @@ def profile(step, rows: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
@@ -86,7 +75,7 @@ def main() -> None:
     ap.add_argument("--amp", choices=["off", "on", "both"], default="off", help="bf16 autocast + channels_last")
     ap.add_argument("--patch-size", type=int, help="the SS-Former's token patch (default: the preset's)")
     ap.add_argument("--variants", nargs="+", default=["v2", "unet"], choices=["v2", "unet"])
-    ap.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "bundle")
+    ap.add_argument("--bundle", type=Path, default=BUNDLE)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
@@ -94,7 +83,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators of a step")
     ap.add_argument("--compile", action="store_true", help="wrap the V2 network in torch.compile")
     args = ap.parse_args()
-    sys.path.insert(0, str(args.bundle.resolve()))
+    use_bundle(args.bundle)
     from monai.networks.nets import UNet
     from monai.networks.schedulers import DDPMScheduler
 
@@ -177,7 +166,7 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
-    where = f"{args.device} ({cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)})"
+    where = f"{args.device} ({cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)})"
     print(f"\n{where}, torch {torch.__version__}, {torch.get_num_threads()} threads, bundle {args.bundle}")
     print(f"| model | timestep groups | precision | parameters | s per step (batch {args.batch}, {args.size}px) |")
     print("|---|---|---|---:|---:|")

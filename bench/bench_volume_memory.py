@@ -8,10 +8,8 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +19,13 @@ import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))  # `scripts` is imported from the bundle root, as `monai.bundle run` does
+from common import BUNDLE, arg_parser, config_files, use_bundle
+
+use_bundle()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--roi", type=int, default=256)
@@ -43,9 +42,9 @@ def main() -> None:
         del ct
         overrides = {"preset": args.preset, "num_classes": 1, "modality": "ct", "roi_size": args.roi}
         wf = ConfigWorkflow(
-            config_file=[str(BUNDLE / "configs" / "inference.yaml"), str(BUNDLE / "configs" / "inference_volume.yaml")],
+            config_file=config_files("inference.yaml", "inference_volume.yaml"),
             workflow_type="infer",
-            meta_file=str(BUNDLE / "configs" / "metadata.json"),
+            meta_file=config_files("metadata.json")[0],
             logging_file=None,
             bundle_root=str(BUNDLE),
             input=str(tmp / "ct.nii.gz"),

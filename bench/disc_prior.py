@@ -14,20 +14,15 @@ scored volume's depth and scored on the whole volume. Both read the cases throug
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigParser
+from monai.metrics import DiceMetric
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-sys.path.insert(0, str(BUNDLE))
-
-from monai.bundle import ConfigParser  # noqa: E402
-from monai.metrics import DiceMetric  # noqa: E402
+from common import absolute_paths, arg_parser, bundle_config
 
 
 def masks(parser: ConfigParser, section: str, limit: int | None) -> list[torch.Tensor]:
@@ -96,7 +91,7 @@ def disc_prior(fit: list[torch.Tensor], val: list[torch.Tensor], size: int) -> d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--dataset_dir", required=True)
     ap.add_argument("--datalist", required=True)
     ap.add_argument("--roi_size", type=int, default=64)
@@ -104,21 +99,15 @@ def main() -> None:
     ap.add_argument("--volume", action="store_true", help="3D volumes (configs/volume.yaml): the atlas prior")
     ap.add_argument("--split", default="validation", choices=["validation", "test"], help="the datalist section scored")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    args.dataset_dir = str(Path(args.dataset_dir).resolve())
-    args.datalist = str(Path(args.datalist).resolve())
-    args.json = args.json.resolve() if args.json else None
-    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in ["train.yaml"] + (["volume.yaml"] if args.volume else [])])
-    parser.update(
+    args = absolute_paths(ap.parse_args(), "dataset_dir", "datalist", "json")
+    parser = bundle_config(
+        ["train.yaml"] + (["volume.yaml"] if args.volume else []),
         {
-            "bundle_root": str(BUNDLE),
-            "dataset_dir": str(Path(args.dataset_dir).resolve()),
-            "datalist": str(Path(args.datalist).resolve()),
+            "dataset_dir": args.dataset_dir,
+            "datalist": args.datalist,
             "roi_size": args.roi_size,
             "validate#split": args.split,
-        }
+        },
     )
     fit, val = masks(parser, "train", args.fit_cases), masks(parser, "validate", None)
     result = {"split": args.split}

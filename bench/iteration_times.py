@@ -11,11 +11,12 @@ side by side on one machine compare under the same load. The last column is each
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from common import arg_parser
 
 
 def iteration_times(run_dir: Path, tag: str = "train_loss") -> list[tuple[float, int]]:
@@ -41,7 +42,7 @@ def gaps(points: list[tuple[float, int]], start: float, end: float) -> list[floa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("runs", nargs="+", type=Path, help="run directories (each with logs/events.out.tfevents.*)")
     ap.add_argument("--overlap", action="store_true", help="count only the wall-clock window all runs share")
     args = ap.parse_args()

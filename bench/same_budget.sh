@@ -11,10 +11,11 @@
 # come last, so they override the common batch size); RUNS: which of the two to train, e.g.
 #   V2NAME=v2p2 V2ARGS="--patch_size 2" RUNS=v2 VAL=8 BUDGET=5700 ROI=128 bash bench/same_budget.sh
 set -u
-DATA=${DATA:-isic}; BUDGET=${BUDGET:-3600}
-if [ "$DATA" = hippocampus ]; then ROI=${ROI:-64}; else ROI=${ROI:-128}; fi; NAME=${NAME:-same_budget_$DATA$ROI}; VAL=${VAL:-10}; RESUME=${RESUME:-False}
+source "$(dirname "$0")/common.sh"
+DATA=${DATA:-isic}; BUDGET=${BUDGET:-3600}; VAL=${VAL:-10}; RESUME=${RESUME:-False}
+if [ "$DATA" = hippocampus ]; then ROI=${ROI:-64}; else ROI=${ROI:-128}; fi; NAME=${NAME:-same_budget_$DATA$ROI}
 V2NAME=${V2NAME:-v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; RUNS=${RUNS:-v2 unet}
-D=${D:-$PWD/../shared/data}; R=${R:-/tmp/$NAME}; PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
+R=${R:-$PWD/bundle/runs/bench/$NAME}; mkdir -p "$R"
 cd bundle
 if [ "$DATA" = hippocampus ]; then
   SET="--dataset_dir $D/msd_hippocampus --datalist $PWD/docs/splits/msd_hippocampus_split.json --roi_size $ROI"

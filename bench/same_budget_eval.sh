@@ -10,7 +10,8 @@
 set -u
 ROI=${ROI:-128}; NAME=${NAME:-same_budget_isic$ROI}; THREADS=${THREADS:-2}; SPLIT=${SPLIT:-test}
 RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; DISC=${DISC:-True}; EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
-D=${D:-$PWD/../shared/data}; R=${R:-/tmp/$NAME}; PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
+R=${R:-$PWD/bundle/runs/bench/$NAME}; mkdir -p "$R"
+source "$(dirname "$0")/common.sh"
 [ "$DISC" = True ] && OMP_NUM_THREADS=1 $PY bench/disc_prior.py --dataset_dir "$D/isic2018_task1_256" \
   --datalist bundle/docs/splits/isic2018_split.json --roi_size "$ROI" --fit_cases 300 --split "$SPLIT" \
   --json "$R/disc_$SPLIT.json" > "$R/disc_$SPLIT.log" 2>&1

@@ -4,8 +4,9 @@
 # core with one torch thread. Prints seconds per volume for each slice_batch. From the repository root:
 #   N=3 CORE=1 bash bench/slice_batch.sh
 set -u
-N=${N:-3}; CORE=${CORE:-1}; D=${D:-$PWD/../shared/data}; PY=${PY:-$PWD/.venv/bin/python}; SIZES=${SIZES:-1 4 8 16 64}
-R=${R:-/tmp/slice_batch}; rm -rf "$R"; mkdir -p "$R/in"
+N=${N:-3}; CORE=${CORE:-1}; SIZES=${SIZES:-1 4 8 16 64}
+source "$(dirname "$0")/common.sh"
+R=${R:-$PWD/bundle/runs/bench/slice_batch}; rm -rf "$R"; mkdir -p "$R/in"
 grep -m1 "model name" /proc/cpuinfo
 $PY - "$D/msd_hippocampus" "$R/in" "$N" <<'PY'
 import json, os, sys

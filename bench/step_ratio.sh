@@ -5,9 +5,10 @@
 # their ratio (bench/iteration_times.py, baseline last). From the repository root:
 #   BUDGET=150 CORE=0 bash bench/step_ratio.sh
 set -u
-BUDGET=${BUDGET:-150}; CORE=${CORE:-0}; PY=${PY:-$PWD/.venv/bin/python}
-R=${R:-/tmp/step_ratio}; rm -rf "$R"; mkdir -p "$R"
-grep -m1 "model name" /proc/cpuinfo; grep -o -m1 "avx512_bf16" /proc/cpuinfo || echo "no avx512_bf16"
+BUDGET=${BUDGET:-150}; CORE=${CORE:-0}
+R=${R:-$PWD/bundle/runs/bench/step_ratio}; rm -rf "$R"; mkdir -p "$R"
+source "$(dirname "$0")/common.sh"
+cpu_info
 cd bundle
 for name in v2 unet; do
   cfg="'configs/train.yaml','configs/quick.yaml'"; [ "$name" = unet ] && cfg="$cfg,'configs/baseline.yaml'"

@@ -4,9 +4,10 @@
 # `git worktree add ../old c90914e`); D: the shared data (for the real `monai.bundle run` iterations/s).
 #   OLD=../old bash bench/throughput.sh 2>&1 | tee throughput.log
 set -u
-OLD=${OLD:?set OLD to the root of the older checkout}; D=${D:-$PWD/../shared/data}; PY=${PY:-$PWD/.venv/bin/python}
-OUT=${OUT:-/tmp/throughput}; BUDGET=${BUDGET:-120}; mkdir -p "$OUT"
-grep -m1 "model name" /proc/cpuinfo; grep -o -m1 "avx512_bf16" /proc/cpuinfo || echo "no avx512_bf16"; nproc
+OLD=${OLD:?set OLD to the root of the older checkout}
+OUT=${OUT:-$PWD/bundle/runs/bench/throughput}; BUDGET=${BUDGET:-120}; mkdir -p "$OUT"
+source "$(dirname "$0")/common.sh"
+cpu_info; nproc
 echo "== training step, V2-small and UNet, 64 px, batch 8 (this code: timestep groups 2, fp32/bf16)"
 $PY bench/bench_train_step.py --preset small --size 64 --batch 8 --groups 2 --amp both --repeats 5 \
   --json "$OUT/step_small64.json" | tail -5

@@ -1,12 +1,12 @@
-"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does), the embedded data, and the bundle's
-workflows built from its configs as `monai.bundle run` builds them."""
+"""Shared test setup: the bundle root on sys.path (as `monai.bundle run` does), the embedded data, the bundle's
+workflows built from its configs as `monai.bundle run` builds them, and its command line run in a subprocess."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ BUNDLE = REPO / "bundle"
 
 if str(BUNDLE) not in sys.path:
     sys.path.insert(0, str(BUNDLE))
+
+from scripts.runtime.settings import check_config  # noqa: E402  (the bundle root is on sys.path now)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,6 +37,66 @@ def _in_bundle_root() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def bundle_root() -> Path:
     return BUNDLE
+
+
+class BundleCLI:
+    """The bundle's commands as the README runs them, each in a subprocess: this interpreter, from the bundle root
+    unless ``cwd`` is given, one OpenMP thread, output captured as text."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def python(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str | None] | None = None,
+        timeout: float = 300,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess:
+        """``python *args``; ``env``: variables set for that process, a ``None`` value unsets one (``PYTHONPATH``)."""
+        environ = {**os.environ, "OMP_NUM_THREADS": "1"}
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=self.root if cwd is None else cwd,
+            env=environ,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            check=check,
+        )
+
+    def __call__(
+        self, *args: str, prelude: str = "", timeout: float = 300, **kwargs: Any
+    ) -> subprocess.CompletedProcess:
+        """``python -m monai.bundle run *args``; ``prelude``: Python run first in that process (a simulated fault), then
+        monai.bundle as ``-m`` runs it."""
+        command = ["-m", "monai.bundle"]
+        if prelude:
+            code = (
+                f"import runpy, sys\n{prelude}\nrunpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+            )
+            command = ["-c", code]
+        return self.python(*command, "run", *args, timeout=timeout, **kwargs)
+
+    @staticmethod
+    def last_line(text: str) -> str:
+        """The last non-empty line of ``text`` (where the bundle's ``ERROR:`` summary goes)."""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="session")
+def bundle_cli() -> BundleCLI:
+    """``bundle_cli(*args)``: ``python -m monai.bundle run *args`` from the bundle root; ``bundle_cli.python(*args)``:
+    any other command of this interpreter (``-m scripts...``, ``-c ...``); ``bundle_cli.last_line(text)``."""
+    return BundleCLI(BUNDLE)
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +144,7 @@ def bundle_workflow() -> Callable[..., ConfigWorkflow]:
             logging_file=None,
             **{"bundle_root": str(BUNDLE), **overrides},
         )
+        check_config(wf.parser)  # what check_command_line does first in a `monai.bundle run`
         wf.initialize()
         return wf
 

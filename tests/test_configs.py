@@ -4,16 +4,17 @@ from any working directory with --bundle_root."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 import yaml
 from monai.bundle import ConfigParser
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 # (config, block id) pairs that must hold the same definition as inference.yaml's / inference_volume.yaml's
 SHARED = {
@@ -49,24 +50,22 @@ def test_shared_blocks_are_identical(bundle_root: Path, source: str, copies: dic
             assert config[key] == original[key], f"{name}#{key} differs from {source}#{key}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "configs",
     [["inference.yaml"], ["train.yaml", "quick.yaml"], ["train.yaml", "quick.yaml", "volume.yaml", "evaluate.yaml"]],
 )
 def test_configs_initialise_from_another_working_directory(
-    bundle_root: Path, tmp_path: Path, configs: list[str]
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path, configs: list[str]
 ) -> None:
     """`monai.bundle run` from an unrelated folder with --bundle_root: the configs parse, `scripts` imports, and the
     start-up checks pass (run_id is a no-op, so nothing trains or samples)."""
     files = "[" + ",".join(f"'{bundle_root / 'configs' / c}'" for c in configs) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", "--run_id", "_noop_", "--bundle_root", str(bundle_root)]
-    args += ["--config_file", files, "--output_dir", str(tmp_path / "out")]
+    args = ["--run_id", "_noop_", "--bundle_root", str(bundle_root), "--config_file", files]
+    args += ["--output_dir", str(tmp_path / "out")]
     if "train.yaml" in configs:
         args += ["--ckpt_dir", str(tmp_path / "ckpt"), "--eval_dir", str(tmp_path / "eval")]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        args, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+    proc = bundle_cli(*args, cwd=tmp_path, env={"PYTHONPATH": None}, timeout=300)
     assert "ModuleNotFoundError" not in proc.stderr and "FileNotFoundError" not in proc.stderr, proc.stderr[-3000:]
     assert "run ID '_noop_' doesn't exist" in proc.stderr, proc.stderr[-3000:]
 

@@ -390,6 +390,7 @@ def test_dicom_series_folder(demo_data: Path, tmp_path: Path) -> None:
         writer.SetFileName(str(series / f"slice_{z:03d}.dcm"))
         writer.Execute(slice_)
 
+    (series / "README").write_text("scanner export notes")  # not DICOM: GDCM's scan leaves it out, as ITK's read does
     cases = validate([{"image": "dicom_148", "label": str(label)}], tmp_path, 2, 3)
     assert cases[0]["image"] == str(series)
     expect_error("dicom_148", "is a 3D volume", [{"image": "dicom_148", "label": str(label)}], tmp_path, 2, 2)

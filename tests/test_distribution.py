@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -19,32 +17,22 @@ from ignite.engine import Engine
 from tiny_config import TINY_NET
 
 from scripts.networks import MedSegDiffV2
-from scripts.runtime.cli import check_cli_overrides, unknown_override_keys
+from scripts.runtime.cli import check_command_line, unknown_override_keys
 from scripts.runtime.weights import VerifiedWeightsLoader, verify_weights
 from scripts.tools.package import package_bundle
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "schema" / "meta_schema_20240725.json"
 NET = {f"network_def#{k}": v for k, v in TINY_NET.items()}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env={**ENV, **env},
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
 
 
 def cli_overrides(overrides: dict) -> list[str]:
@@ -63,7 +51,10 @@ def tiny_weights(path: Path) -> Path:
 
 
 # -- multi-process training --------------------------------------------------------------------------------------------
-def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
+) -> None:
     def recorder(engine: str, tag: str) -> str:  # appends "<tag> <epoch> <file>" for every case of every batch
         files = "e.state.batch['image'].meta['filename_or_obj']"
         seen = f"lambda e: @seen.extend(f'{tag} {{e.state.epoch}} {{pathlib.Path(f).name}}' for f in {files})"
@@ -106,7 +97,8 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
     configs = f"['configs/train.yaml','configs/multi_gpu_train.yaml','{tmp_path / 'tiny.yaml'}']"
     args = ["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     # CPU and gloo even on a CUDA machine (one GPU per process would need two GPUs)
-    proc = run_cli([*args, "-m", "monai.bundle", "run", "--config_file", configs], bundle_root, CUDA_VISIBLE_DEVICES="")
+    configs_args = ["-m", "monai.bundle", "run", "--config_file", configs]
+    proc = bundle_cli.python(*args, *configs_args, env={"CUDA_VISIBLE_DEVICES": ""}, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -139,7 +131,10 @@ def test_two_gloo_processes_train_on_disjoint_data_and_only_rank0_saves(bundle_r
 
 
 # -- packaging ---------------------------------------------------------------------------------------------------------
-def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     shutil.copytree(bundle_root, src, ignore=shutil.ignore_patterns("__pycache__", "runs", "eval", "models"))
     weights = tiny_weights(src / "models" / "model.pt")
@@ -152,7 +147,9 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     (src / "large_files.yml").write_text(yaml.safe_dump({"large_files": [listed]}))
 
     version = json.loads((src / "configs" / "metadata.json").read_text())["version"]
-    proc = run_cli(["-m", "scripts.tools.package", "--output", str(tmp_path / "dist" / "b.zip")], cwd=src)
+    proc = bundle_cli.python(
+        "-m", "scripts.tools.package", "--output", str(tmp_path / "dist" / "b.zip"), cwd=src, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with zipfile.ZipFile(tmp_path / "dist" / "b.zip") as zf:
         names = zf.namelist()
@@ -172,7 +169,7 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     checked = {
         "weights_loader#_target_": "scripts.runtime.weights.VerifiedWeightsLoader",
         "weights_loader#large_files": "$@bundle_root + '/large_files.yml'",
-        "+initialize": [{"_target_": "scripts.runtime.cli.check_cli_overrides"}],
+        "+initialize": [{"_target_": "scripts.runtime.cli.check_command_line"}],
     }
     (tmp_path / "checked.yaml").write_text(yaml.safe_dump(checked))
     configs = f"['{bundle / 'configs' / 'inference.yaml'}','{tmp_path / 'checked.yaml'}']"
@@ -180,17 +177,15 @@ def test_packaged_bundle_unpacks_to_one_folder_and_runs_inference(bundle_root: P
     args = ["-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", configs]
     args += ["--input", str(inputs), "--output_dir", str(tmp_path / "out"), *cli_overrides(fast)]
     # from another folder: the configs put --bundle_root on sys.path themselves (no PYTHONPATH)
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=work, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=180
-    )
+    proc = bundle_cli.python(*args, cwd=work, env={"PYTHONPATH": None}, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"{bundle / 'models' / 'model.pt'}: sha256 verified" in proc.stdout + proc.stderr
     assert (tmp_path / "out" / f"{image.stem}_seg.png").is_file()
 
 
+@pytest.mark.slow
 def test_the_real_package_holds_every_default_weight_file_and_monai_load_builds_the_network(
-    bundle_root: Path, tmp_path: Path
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
 ) -> None:
     """The zip of this bundle: every weight file a config uses by default, the JSON form of the configs that
     ``monai.bundle.load`` reads, volume inference with the default (hippocampus) weights from another folder, and
@@ -213,10 +208,8 @@ def test_the_real_package_holds_every_default_weight_file_and_monai_load_builds_
     configs = f"['{bundle / 'configs' / 'inference.yaml'}','{bundle / 'configs' / 'inference_volume.yaml'}']"
     args = ["-m", "monai.bundle", "run", "--bundle_root", str(bundle), "--config_file", configs, "--input", str(volume)]
     args += ["--output_dir", "out", "--num_inference_steps", "2", "--ensemble_size", "2", "--slice_batch", "64"]
-    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=work, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
-    )
+    env = {"PYTHONPATH": None}
+    proc = bundle_cli.python(*args, cwd=work, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert f"{bundle / 'models' / 'model_hippocampus.pt'}: sha256 verified" in proc.stdout + proc.stderr
     stem = volume.name.removesuffix(".nii.gz")
@@ -234,9 +227,7 @@ def test_the_real_package_holds_every_default_weight_file_and_monai_load_builds_
         "assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items()), 'weights not loaded'\n"
         "print(type(net).__name__)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, encoding="utf-8", timeout=300
-    )
+    proc = bundle_cli.python("-c", code, cwd=work, env=env, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("MedSegDiffV2"), proc.stderr[-3000:]
 
 
@@ -289,40 +280,45 @@ def test_tampered_weights_are_refused_and_intact_weights_load(tmp_path: Path) ->
 
 
 # -- command line and metadata -----------------------------------------------------------------------------------------
-def test_unknown_override_keys_are_named_with_close_matches(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_unknown_override_keys_are_named_with_close_matches(
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
+) -> None:
     configs = [str(bundle_root / "configs" / c) for c in ("train.yaml", "quick.yaml")]
     keys = ["learning_rate", "learning_rte", "network_def#channels", "train::dataloader::batch_size", "+train#handlers"]
     assert unknown_override_keys(configs, keys) == ["learning_rte"]
     assert unknown_override_keys(configs, ["run_name", "tracking_uri"], tracking="mlflow") == []
     argv = ["run", "--config_file", repr(configs), "--learning_rte", "1e-3", "--epochs=3", "--resume", "True"]
     with pytest.raises(ValueError, match=r"--learning_rte \(did you mean --learning_rate\?\)"):
-        check_cli_overrides(argv)
-    check_cli_overrides(["run", "--config_file", repr(configs), "--learning_rate", "1e-3", "--epochs=3"])
-    check_cli_overrides(["run", "--config-file", repr(configs), "--meta-file", "None", "--epochs", "2"])
-    check_cli_overrides(["verify_metadata", "--learning_rte", "1"])  # not `monai.bundle run`: nothing to check
-    check_cli_overrides()  # this process (pytest) is not `python -m monai.bundle`: nothing to check
+        check_command_line(argv)
+    check_command_line(["run", "--config_file", repr(configs), "--learning_rate", "1e-3", "--epochs=3"])
+    check_command_line(["run", "--config-file", repr(configs), "--meta-file", "None", "--epochs", "2"])
+    check_command_line(["verify_metadata", "--learning_rte", "1"])  # not `monai.bundle run`: nothing to check
+    check_command_line()  # this process (pytest) is not `python -m monai.bundle`: nothing to check
     args_file = tmp_path / "args.yaml"
     args_file.write_text(yaml.safe_dump({"config_file": configs, "epocs": 3}))
     with pytest.raises(ValueError, match="--epocs"):
-        check_cli_overrides(["run", "--args_file", str(args_file)])
+        check_command_line(["run", "--args_file", str(args_file)])
 
     overlay = tmp_path / "checked.yaml"  # the initialize line proposed for the bundle configs
-    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.runtime.cli.check_cli_overrides"}]}))
+    overlay.write_text(yaml.safe_dump({"+initialize": [{"_target_": "scripts.runtime.cli.check_command_line"}]}))
     configs_arg = f"['configs/inference.yaml','{overlay}']"
-    proc = run_cli(["-m", "monai.bundle", "run", "--config_file", configs_arg, "--ensemble_sise", "3"], bundle_root)
+    proc = bundle_cli("--config_file", configs_arg, "--ensemble_sise", "3", timeout=180)
     assert proc.returncode != 0
     assert "unknown config key(s) on the command line: --ensemble_sise (did you mean --ensemble_size" in proc.stderr
 
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason=f"no metadata schema at {SCHEMA}")
-def test_metadata_failing_the_schema_gives_a_clear_error(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_metadata_failing_the_schema_gives_a_clear_error(
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
+) -> None:
     meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
     del meta["version"]
     bad = tmp_path / "metadata.json"
     bad.write_text(json.dumps(meta))
-    proc = run_cli(
-        ["-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA)], tmp_path
-    )
+    args = ["-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA)]
+    proc = bundle_cli.python(*args, cwd=tmp_path, timeout=180)
     assert proc.returncode != 0
     assert "ValueError: 'version' is a required property" in proc.stderr
     assert "Failed validating against schema" in proc.stderr

@@ -1,31 +1,38 @@
 """Evaluation: metrics against hand-computed cases, GED/CI on constructed ensembles, evaluate.yaml end to
-end on a tiny config, the supervised baseline and the ablation overlays, and the wall-clock budget."""
+end on a tiny config, the supervised baseline and the ablation overlays, the overlay grid, the data-wait share and the
+wall-clock budget."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import DiceMetric, MeanIoU
 from monai.networks.nets import UNet
 from PIL import Image
 from tiny_config import TINY_EVAL
 
+from scripts.evaluation.diagnostics import DataWaitLogger
 from scripts.evaluation.metrics import (
     DiceConfidenceIntervalMetric,
     EnsembleDiceCurveMetric,
     GeneralizedEnergyDistanceMetric,
     HD95Metric,
     dice_confidence_interval,
+    dice_scores,
     generalized_energy_distance,
-    overlap_scores,
+    iou_scores,
 )
-from scripts.evaluation.savers import OverlayGridSaver, case_dice
+from scripts.evaluation.savers import PALETTE, OverlayGridSaver, _overlay, case_dice
+from scripts.runtime.handlers import WallClockBudget
 
 
 def mask(shape: tuple[int, ...], *boxes: tuple[slice, ...]) -> torch.Tensor:
@@ -53,11 +60,25 @@ def test_dice_iou_hand_computed_including_empty_and_one_pixel_masks() -> None:
         (empty, gt, 0.0, 0.0),
     ]
     for p, g, dice, iou in cases:
-        d, i = overlap_scores(p.flatten(2), g.flatten(2))
+        d, i = dice_scores(p.flatten(2), g.flatten(2)), iou_scores(p.flatten(2), g.flatten(2))
         assert d.item() == pytest.approx(dice) and i.item() == pytest.approx(iou)
         # MONAI's metrics as configured in train.yaml / evaluate.yaml agree (no empty case is dropped)
         assert DiceMetric(ignore_empty=False)(p, g).item() == pytest.approx(dice)
         assert MeanIoU(ignore_empty=False)(p, g).item() == pytest.approx(iou)
+
+
+def test_dice_and_iou_of_broadcast_pairs_are_monai_per_pair() -> None:
+    g = torch.Generator().manual_seed(0)
+    samples = torch.rand(2, 5, 3, 40, generator=g) > 0.6  # (B, N, K, P)
+    samples[0, 1, 2] = False  # a class absent from a sample ...
+    truth = torch.rand(2, 1, 3, 40, generator=g) > 0.6
+    truth[0, 0, 2] = False  # ... and from the truth: 1
+    dice, iou = dice_scores(samples, truth), iou_scores(samples, truth)
+    assert dice.shape == iou.shape == (2, 5, 3) and dice[0, 1, 2] == 1.0 == iou[0, 1, 2]
+    flat_p, flat_t = samples.flatten(0, 1), truth.expand_as(samples).flatten(0, 1)
+    expected = DiceMetric(ignore_empty=False, reduction="none")(flat_p.float(), flat_t.float())
+    assert torch.allclose(dice.flatten(0, 1), expected)
+    assert torch.allclose(iou.flatten(0, 1), MeanIoU(ignore_empty=False, reduction="none")(flat_p, flat_t.float()))
 
 
 def test_hd95_hand_computed_and_empty_masks_defined() -> None:
@@ -137,6 +158,7 @@ def test_diversity_metrics_on_sample_label_maps_per_class() -> None:
 EVAL = TINY_EVAL
 
 
+@pytest.mark.slow
 def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(
     train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
 ) -> None:
@@ -159,6 +181,7 @@ def test_evaluate_yaml_end_to_end_writes_csvs_curve_and_grid(
     assert grid.shape[:2] == (2 * (32 + 2), 4 * 32) and grid.std() > 0  # 2 rows of 4 tiles at roi_size 32
 
 
+@pytest.mark.slow
 def test_evaluate_yaml_on_volumes_scores_whole_volumes_per_class(
     train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
 ) -> None:
@@ -218,6 +241,7 @@ def test_ablation_overlays_set_the_table4_components(
     assert all(np.isfinite(rec["losses"]))
 
 
+@pytest.mark.slow
 def test_time_budget_stops_training_after_a_final_validation(
     train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
 ) -> None:
@@ -248,3 +272,61 @@ def test_overlay_grid_shows_the_best_and_the_worst_cases(tmp_path: Path) -> None
     grid = np.asarray(Image.open(tmp_path / "overlay_grid.png"))
     assert grid.shape[:2] == (2 * (16 + 2), 4 * 16)
     assert case_dice(np.zeros_like(truth), np.zeros_like(truth)) == 1.0 and case_dice(truth, 1 - truth) == 0.0
+
+
+def test_overlay_blends_each_class_in_its_palette_colour_at_half_weight() -> None:
+    rgb = np.full((4, 4, 3), 100, dtype=np.uint8)
+    labels = np.zeros((4, 4), dtype=np.int64)
+    labels[0, 0], labels[1, 1], labels[2, 2] = 1, 2, 6  # class 6 wraps around to the first colour
+    out = _overlay(rgb, labels)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    assert (out[3, 3] == 100).all()  # background untouched
+    for (y, x), colour in (((0, 0), PALETTE[0]), ((1, 1), PALETTE[1]), ((2, 2), PALETTE[0])):
+        np.testing.assert_allclose(out[y, x], 0.5 * 100 + 0.5 * colour, atol=1)
+
+
+def _engine(step_seconds: float = 0.0) -> Engine:
+    return Engine(lambda engine, batch: time.sleep(step_seconds))
+
+
+class _SlowData:
+    """Batches that take ``seconds`` each to load."""
+
+    def __init__(self, n: int, seconds: float) -> None:
+        self.n, self.seconds = n, seconds
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            time.sleep(self.seconds)
+            yield i
+
+
+def test_data_wait_logger_is_the_share_of_the_epoch_spent_getting_batches() -> None:
+    engine = _engine(step_seconds=0.01)
+    DataWaitLogger().attach(engine)
+    engine.run(_SlowData(3, 0.05), max_epochs=2)
+    assert 0.6 < engine.state.data_wait_share <= 1  # 0.15 s of waiting in a 0.18 s epoch
+
+
+class _Validator:
+    """What WallClockBudget needs of a MONAI evaluator: ``run(global_epoch)`` and ``state.epoch``."""
+
+    def __init__(self) -> None:
+        self.state, self.runs = SimpleNamespace(epoch=0), 0
+
+    def run(self, global_epoch: int) -> None:
+        self.state.epoch, self.runs = global_epoch, self.runs + 1
+
+
+def test_wall_clock_budget_stops_at_the_first_epoch_end_past_it_after_a_last_validation() -> None:
+    for seconds, epochs in ((0, 1), (0.0, 1), (3600, 3), (None, 3)):  # TimeLimit itself refuses 0 and fractions
+        trainer, validator = _engine(), _Validator()
+        WallClockBudget(seconds=seconds, validator=validator).attach(trainer)
+        trainer.run(range(1), max_epochs=3)
+        assert trainer.state.epoch == epochs and validator.runs == (epochs == 1)
+    validator = _Validator()
+    trainer = _engine()
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run(e.state.epoch))  # validated already
+    WallClockBudget(seconds=0, validator=validator).attach(trainer)
+    trainer.run(range(1), max_epochs=3)
+    assert trainer.state.epoch == 1 and validator.runs == 1  # not validated twice

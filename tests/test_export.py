@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -24,6 +22,12 @@ from scripts.tools.export import (
     read_extra_files,
     save_programs,
 )
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
+
+# every test needs the network exported with torch.export (the export shared by most takes ~10 s) or exports it itself
+pytestmark = pytest.mark.slow
 
 ROI = 32
 # the tiny network through the bundle's own config (1-channel MR, 2 classes), as the CLI builds it
@@ -113,10 +117,9 @@ def test_only_the_known_extra_files_are_stored(exported: Path, tmp_path: Path) -
     assert read_extra_files(exported / FILES["denoiser"]) == {}  # saved without any
 
 
-def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path: Path) -> None:
+def test_cli_from_the_bundle_root(bundle_cli: BundleCLI, net: MedSegDiffV2, tmp_path: Path) -> None:
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     cmd = [
-        sys.executable,
         "-m",
         "scripts.tools.export",
         "--ckpt",
@@ -127,10 +130,7 @@ def test_cli_from_the_bundle_root(bundle_root: Path, net: MedSegDiffV2, tmp_path
     cmd += ["--config_file", "['configs/inference.yaml','configs/inference_volume.yaml']", "--roi_size", str(ROI)]
     for k, v in TINY_NET.items():
         cmd += [f"--network_def#{k}", str(v)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    run = subprocess.run(
-        cmd, cwd=bundle_root, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300
-    )
+    run = bundle_cli.python(*cmd, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     pair = ExportedMedSegDiffV2.load(tmp_path)
     assert (pair.in_channels, pair.out_channels) == (1, 2)  # from inference_volume.yaml: MR, 2 structures

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -24,6 +24,9 @@ from scripts.diffusion.fusion import EnsembleFusiond, fuse, staple_binary, stapl
 from scripts.diffusion.sampling import DiffusionSegmentationInferer
 from scripts.diffusion.schedulers import RespacedDDPMScheduler
 from scripts.networks import MedSegDiffV2
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 NET = TINY_NET
 FAST = {"roi_size": 32, "num_inference_steps": 2, "ensemble_size": 3}
@@ -409,20 +412,20 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator setting")
-def test_keep_freed_memory_stops_refaulting_large_per_step_tensors(bundle_root: Path) -> None:
+def test_keep_freed_memory_stops_refaulting_large_per_step_tensors(bundle_root: Path, bundle_cli: BundleCLI) -> None:
     """Each large tensor of a sampling step is mapped and faulted in afresh by default; with the setting (inference.yaml
     ``keep_freed_memory``) the freed memory is reused. Run in subprocesses: the setting is process-wide."""
     faults = {}
     for mode in ("default", "keep"):
-        out = subprocess.run(
-            [sys.executable, "-c", ALLOCATION_LOOP, mode, str(bundle_root)], capture_output=True, text=True, check=True
-        ).stdout.split()
+        out = bundle_cli.python("-c", ALLOCATION_LOOP, mode, str(bundle_root), check=True).stdout.split()
         assert out[0] == str(mode == "keep")
         faults[mode] = int(out[1])
     assert faults["keep"] * 4 < faults["default"], faults  # measured: a few reuses fault again, never most
 
 
+@pytest.mark.slow
 def test_2_5d_volume_keeps_its_geometry_and_each_slice_sees_its_neighbours(
     bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -165,9 +165,10 @@ def test_label_names_of_the_2d_model_are_those_of_the_bundle_metadata(bundle_roo
     labels = yaml.safe_load((bundle_root / "configs" / "monailabel.yaml").read_text())["monailabel_labels"]
     meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
     channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert labels["image"] == {v: int(k) for k, v in channel_def.items() if v != "background"}
+    assert labels["image"] == {v: int(k) + 1 for k, v in channel_def.items()}  # foreground channel k: label k + 1
 
 
+@pytest.mark.slow
 def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(server: dict) -> None:
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
     image, volume = info["models"][MODEL_2D], info["models"][MODEL_3D]
@@ -178,6 +179,7 @@ def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(serv
     assert "uncertainty" in info["strategies"] and "uncertainty" in info["scoring"]
 
 
+@pytest.mark.slow
 def test_default_2d_request_returns_a_png_mask_of_the_image_size_and_its_uncertainty(
     server: dict, studies: dict[str, Any]
 ) -> None:
@@ -200,6 +202,7 @@ def test_default_2d_request_returns_a_png_mask_of_the_image_size_and_its_uncerta
     assert umap[edge].mean() > 4 * umap[~edge].mean()
 
 
+@pytest.mark.slow
 def test_volume_request_returns_nifti_mask_and_uncertainty_in_the_input_geometry(
     server: dict, studies: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -217,6 +220,7 @@ def test_volume_request_returns_nifti_mask_and_uncertainty_in_the_input_geometry
     assert umap.min() >= 0 and umap.max() <= 1 and float(umap.mean()) == pytest.approx(unc["mean"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_shipped_hippocampus_weights_segment_a_held_out_volume(server: dict, bundle_root: Path, tmp_path: Path) -> None:
     label, _ = _infer(server, MODEL_3D, HELD_OUT, {**FAST, "num_inference_steps": 5})
     mask = np.asarray(_nifti(label, tmp_path / "label.nii.gz").dataobj)
@@ -226,6 +230,7 @@ def test_shipped_hippocampus_weights_segment_a_held_out_volume(server: dict, bun
     assert min(_dice(mask, truth, 2)) > 0.5  # anterior, posterior
 
 
+@pytest.mark.slow
 def test_request_settings_are_checked_as_on_the_command_line(server: dict) -> None:
     r = requests.post(
         f"{server['url']}/infer/{MODEL_2D}?image=lesion", data={"params": json.dumps({"ensemble_size": 0})}, timeout=60
@@ -233,6 +238,7 @@ def test_request_settings_are_checked_as_on_the_command_line(server: dict) -> No
     assert r.status_code == 422 and "ensemble_size=0" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_next_sample_is_the_unlabelled_image_with_the_most_uncertain_ensemble(
     server: dict, studies: dict[str, Any]
 ) -> None:
@@ -263,6 +269,7 @@ def test_next_sample_is_the_unlabelled_image_with_the_most_uncertain_ensemble(
     assert _post(server, "/scoring/uncertainty?run_sync=true", json=FAST).json()["scored"] == 0
 
 
+@pytest.mark.slow
 def test_replaced_weights_are_refused_over_http(bundle_root: Path, studies: dict[str, Any], tmp_path: Path) -> None:
     """A copy of the bundle served by another server: its models/model.pt overwritten by model_hippocampus.pt (the
     copy's large_files.yml records model.pt's sha256) stops being served, with the reason."""

@@ -17,6 +17,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from tiny_config import TINY_NET
 from torch import nn
 
+from scripts.diffusion import training
 from scripts.diffusion.ema import PowerMomentum
 from scripts.diffusion.sampling import FLIPS, DiffusionSegmentationInferer
 from scripts.diffusion.schedulers import RespacedDDPMScheduler
@@ -193,6 +194,68 @@ def test_recycling_noises_the_models_own_x0_and_still_targets_the_truth(predicti
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+class SelfConditionedOracle(OracleNet):
+    """:class:`OracleNet` declared ``self_condition``: records the x0 estimate each denoiser call gets."""
+
+    self_condition = True
+
+    def __init__(self, prediction_type: str, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__(prediction_type, alphas_cumprod)
+        self.received: list[torch.Tensor | None] = []
+
+    def forward(self, x, t, condition=None, image=None, with_anchor=False, x_self_cond=None):
+        self.received.append(None if x_self_cond is None else x_self_cond.clone())
+        condition = condition if condition is not None else self.condition(image)
+        out = super().forward(x, t, condition)
+        return (out, condition.anchor_logits) if with_anchor else out
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_self_conditioning_trains_on_the_models_own_x0_estimate(
+    prediction_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Self-conditioning (Chen et al.): a no-gradient call estimates x0 from x_t; the trained call gets that estimate
+    as its extra input; the target is unchanged."""
+    monkeypatch.setattr(training, "SELF_CONDITION_SHARE", 1.0)
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type=prediction_type)
+    net = SelfConditionedOracle(prediction_type, sched.alphas_cumprod)
+    image, truth = masks_and_images()
+    noise, t = torch.randn_like(truth), torch.tensor([3, 250, 600, 900])
+    pred = SegDiffusionTrainingInferer(sched)(image, net, truth, noise, t)
+    first, second = net.received
+    assert first is None  # the estimate is made without an estimate
+    torch.testing.assert_close(second, truth * 2 - 1, rtol=1e-3, atol=1e-3)  # the oracle's x0 estimate
+    torch.testing.assert_close(pred["prediction"], pred["target"], rtol=1e-3, atol=1e-3)
+    monkeypatch.setattr(training, "SELF_CONDITION_SHARE", 0.0)
+    net.received.clear()
+    SegDiffusionTrainingInferer(sched)(image, net, truth, noise, t)
+    assert net.received == [None]  # one call, with zeros in place of the estimate
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_sampling_feeds_each_step_the_previous_x0_estimate(kind: str) -> None:
+    sched = scheduler(kind, "epsilon")
+    net = SelfConditionedOracle("epsilon", sched.alphas_cumprod)
+    image, truth = masks_and_images()
+    inferer = DiffusionSegmentationInferer(sched, num_inference_steps=4, ensemble_size=2, fusion="mean", seed=0)
+    torch.testing.assert_close(torch.as_tensor(inferer(image, net)), truth)
+    assert len(net.received) == 4 and net.received[0] is None
+    for x0 in net.received[1:]:  # the oracle's estimate of the step before, per member
+        torch.testing.assert_close(x0, (truth * 2 - 1).repeat_interleave(2, 0), rtol=1e-3, atol=1e-3)
+
+
+def test_self_condition_network_reads_its_extra_input() -> None:
+    torch.manual_seed(0)
+    net = MedSegDiffV2(3, 2, **{**TINY_NET, "concat_anchor": True}, self_condition=True).eval()
+    assert net.stem.in_channels == 2 * 3  # x_t, the anchor probabilities, the x0 estimate
+    image, x, t = torch.randn(1, 3, 32, 32), torch.randn(1, 2, 32, 32), torch.tensor([500])
+    with torch.no_grad():
+        plain, zeros = net(x, t, image=image), net(x, t, image=image, x_self_cond=torch.zeros_like(x))
+        given = net(x, t, image=image, x_self_cond=torch.ones_like(x))
+    torch.testing.assert_close(plain, zeros)
+    assert not torch.allclose(plain, given)
 
 
 def test_anchor_warmup_trains_the_condition_model_alone_first() -> None:
@@ -402,9 +465,10 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
     assert math.isclose(1 / m(1000), 100, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
-    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16, recycling, the anchor warm-up
-    and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
+    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16, recycling, the anchor warm-up,
+    self-conditioning and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
     wf = bundle_workflow(
         "train.yaml",
         "quick.yaml",
@@ -424,6 +488,7 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         sample_start_t=600,
         recycling=1.0,
         anchor_warmup_iterations=2,
+        self_condition=True,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
     wf.run()

@@ -10,14 +10,13 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
-from bundle_cli import cli, last_line
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
@@ -25,12 +24,19 @@ from tiny_config import TINY_NET
 
 from scripts.data.dicom import check_dicom_series
 from scripts.data.inputs import load_images
+from scripts.data.readers import MODALITIES
 from scripts.data.validation import load_datalist
 from scripts.networks import MedSegDiffV2
-from scripts.runtime.checkpoints import AtomicCheckpointSaver, latest_checkpoint, remove_stale_temporary_files
-from scripts.runtime.checks import RULES, check_roi_size, check_settings
+from scripts.runtime.checkpoints import AtomicCheckpointSaver
+from scripts.runtime.checks import check_roi_size
+from scripts.runtime.disk import remove_stale_temporary_files
 from scripts.runtime.errors import BundleError, DataValidationError
+from scripts.runtime.resume import latest_checkpoint
+from scripts.runtime.settings import check_config, check_settings, config_settings
 from scripts.runtime.weights import verify_weights
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_OVERLAYS = [
@@ -125,16 +131,16 @@ def test_quick_overlay_stops_on_a_wall_clock_budget_with_epochs_as_an_upper_boun
     assert [h["seconds"] for h in budget] == ["@time_budget_s"]
 
 
+@pytest.mark.slow
 def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends_with_the_inference_command(
-    bundle_root: Path, tmp_path: Path
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path
 ) -> None:
     """The README's first command (shortened to one tiny epoch), then the inference command it prints."""
     shipped = (bundle_root / "models" / "model.pt").read_bytes()
     name = f"pytest_{os.getpid()}"
     run_dir = bundle_root / "runs" / name
     try:
-        proc = cli(
-            bundle_root,
+        proc = bundle_cli(
             "--config_file",
             "['configs/train.yaml','configs/quick.yaml']",
             *(
@@ -152,7 +158,7 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         weights = f"runs/{name}/models/model.pt"
-        command = last_line(proc.stdout)
+        command = bundle_cli.last_line(proc.stdout)
         assert f"- python -m monai.bundle run --config_file configs/inference.yaml --ckpt_path {weights}" in command
         assert " --roi_size 32" in command  # quick.yaml's 128 overridden for this run
         assert " --patch_size" not in command  # quick.yaml trains the shipped weights' 2x2 tokens, inference's default
@@ -178,7 +184,7 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
             "--ensemble_size",
             "2",
         ]
-        proc = cli(bundle_root, "--config_file", "configs/inference.yaml", *args, *fast)
+        proc = bundle_cli("--config_file", "configs/inference.yaml", *args, *fast)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (tmp_path / f"{image.stem}_seg.png").is_file()
     finally:
@@ -186,6 +192,7 @@ def test_quick_training_leaves_the_shipped_weights_and_git_status_alone_and_ends
 
 
 # -- 2. resume restores what decides what is written -------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_never_replaces_the_best_model_with_a_worse_one_and_restores_ema_optimizer_trainer(
     train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
 ) -> None:
@@ -317,14 +324,15 @@ def test_all_empty_3d_labels_stop_the_run_and_absent_classes_are_warned(
     assert "foreground class(es) [2] appear in no training label" in caplog.text
 
 
+@pytest.mark.slow
 def test_empty_labels_through_monai_bundle_run_end_with_the_message(
-    bundle_root: Path, demo_data: Path, tmp_path: Path
+    bundle_cli: BundleCLI, demo_data: Path, tmp_path: Path
 ) -> None:
     data = _empty_isic(demo_data, tmp_path)
     args = ["--config_file", "['configs/train.yaml','configs/quick.yaml']", "--dataset_dir", str(data)]
-    proc = cli(bundle_root, *args, "--ckpt_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "l"))
+    proc = bundle_cli(*args, "--ckpt_dir", str(tmp_path / "m"), "--output_dir", str(tmp_path / "l"))
     assert proc.returncode != 0
-    line = last_line(proc.stderr)
+    line = bundle_cli.last_line(proc.stderr)
     assert line.startswith("ERROR: ") and "training labels is empty" in line and "allow_empty_labels" in line, line
 
 
@@ -412,7 +420,7 @@ GOOD = {
 }
 BAD = [
     ("sampler", "dpm", "one of 'ddpm', 'ddim'"),
-    ("fusion", "max", "one of 'staple', 'vote', 'mean'"),
+    ("fusion", "max", "one of 'staple', 'mean', 'vote'"),
     ("prediction_type", "eps", "one of 'epsilon', 'sample', 'v_prediction'"),
     ("ensemble_size", 0, "an integer >= 1"),
     ("num_inference_steps", 1001, "an integer in [1, num_train_timesteps=1000]"),
@@ -470,15 +478,27 @@ CONFIG_SETS = [
 
 
 @pytest.mark.parametrize("configs", CONFIG_SETS, ids=lambda c: "+".join(c))
-def test_every_checked_key_a_config_defines_is_passed_to_the_check(bundle_root: Path, configs: list[str]) -> None:
-    parser = ConfigParser(ConfigParser.load_config_files([str(bundle_root / "configs" / c) for c in configs]))
+def test_each_config_checks_its_parsed_settings_at_start_up(bundle_root: Path, configs: list[str]) -> None:
+    """The first check of ``initialize`` reads the one parsed config; a bad value set in a config file (not only on
+    the command line) is caught by the same table."""
+    files = [str(bundle_root / "configs" / c) for c in configs]
+    parser = ConfigParser(ConfigParser.load_config_files(files))
     initialize = [i for i in parser["initialize"] if isinstance(i, dict)]
-    assert any(i.get("_target_") == "scripts.runtime.checks.check_settings" for i in initialize)
+    assert initialize[0].get("_target_") == "scripts.runtime.cli.check_command_line"
     assert any("check_roi_size" in str(i) for i in parser["initialize"])
-    defined = {rule.key for rule in RULES} & set(parser.get())
-    missing = defined - set(parser["checked_settings"])
-    assert not missing, f"add {sorted(missing)} to checked_settings of {configs}"
-    assert all(v == f"@{k}" for k, v in parser["checked_settings"].items())
+    assert "checked_settings" not in parser.get()
+    check_config(parser)  # the shipped defaults pass
+    settings = config_settings(parser)
+    assert {"roi_size", "num_classes", "modality"} <= set(settings)
+    parser["ensemble_size" if "ensemble_size" in parser else "roi_size"] = 0
+    with pytest.raises(BundleError, match=r"invalid setting: (ensemble_size|roi_size)=0 is invalid"):
+        check_config(parser)
+
+
+def test_modalities_are_the_intensity_blocks_of_the_configs(bundle_root: Path) -> None:
+    for name in ("train.yaml", "inference.yaml"):
+        parser = ConfigParser(ConfigParser.load_config_files(str(bundle_root / "configs" / name)))
+        assert tuple(parser["intensity"]) == MODALITIES, name
 
 
 CLI_CASES = [
@@ -502,14 +522,15 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("configs", "args", "message"), CLI_CASES, ids=[" ".join(a) for _, a, _ in CLI_CASES])
 def test_bad_settings_stop_monai_bundle_run_at_start_up_with_the_message_last(
-    bundle_root: Path, tmp_path: Path, configs: str, args: list[str], message: str
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path, configs: str, args: list[str], message: str
 ) -> None:
     dirs = ["--output_dir", str(tmp_path)] if "inference" in configs else ["--run_name", f"pytest_{os.getpid()}"]
-    proc = cli(bundle_root, "--config_file", configs, *args, *dirs, timeout=180)
+    proc = bundle_cli("--config_file", configs, *args, *dirs, timeout=180)
     assert proc.returncode != 0
-    line = last_line(proc.stderr)
+    line = bundle_cli.last_line(proc.stderr)
     assert line.startswith("ERROR: ") and message in line, proc.stderr[-2000:]
     assert "validated" not in proc.stdout  # stopped before any data was read or cached
     assert not (bundle_root / "runs" / f"pytest_{os.getpid()}").exists()

@@ -13,12 +13,12 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_cli import cli, last_line
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import MetaTensor
 from PIL import Image
@@ -29,8 +29,12 @@ from scripts.data.validation import load_datalist
 from scripts.evaluation.metrics import DiceConfidenceIntervalMetric
 from scripts.evaluation.outputs import AtomicSaveImaged
 from scripts.networks import MedSegDiffV2
-from scripts.runtime.checks import check_device, check_output_dir, check_reliance_cases, check_settings
+from scripts.runtime.checks import check_device, check_output_dir, check_reliance_cases
 from scripts.runtime.errors import BundleError, DataValidationError, bundle_error_in, summary_line
+from scripts.runtime.settings import check_settings
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 FAST = {
     "roi_size": 32,
@@ -162,8 +166,11 @@ CLI_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CLI_CASES))
-def test_start_up_refusals_end_monai_bundle_run_with_the_message(bundle_root: Path, tmp_path: Path, case: str) -> None:
+def test_start_up_refusals_end_monai_bundle_run_with_the_message(
+    bundle_root: Path, bundle_cli: BundleCLI, tmp_path: Path, case: str
+) -> None:
     if case == "no cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
     args, message = CLI_CASES[case]
@@ -178,9 +185,9 @@ def test_start_up_refusals_end_monai_bundle_run_with_the_message(bundle_root: Pa
         args = [*args, "--dataset_dir", str(tmp_path), "--datalist", str(datalist), "--run_name", run_name]
     else:
         args = [*args, "--output_dir", str(out)]
-    proc = cli(bundle_root, *args)
+    proc = bundle_cli(*args)
     assert proc.returncode != 0
-    line = last_line(proc.stderr)
+    line = bundle_cli.last_line(proc.stderr)
     assert line.startswith("ERROR: ") and message in line, proc.stderr[-2000:]
     assert "case(s) to segment" not in proc.stdout and "validated" not in proc.stdout  # no input was read
     assert not (bundle_root / "runs" / run_name).exists()
@@ -269,6 +276,7 @@ class Killed(BaseException):
     """A stand-in for kill -9: no ``except Exception`` runs after it."""
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_leaves_no_truncated_output_and_the_next_run_completes(
     bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -354,6 +362,7 @@ def test_dice_confidence_interval_of_one_sample_is_not_available(caplog: pytest.
     assert "not available" in caplog.text
 
 
+@pytest.mark.slow
 def test_evaluate_yaml_with_ensemble_size_1_completes_with_the_interval_as_nan(
     train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
 ) -> None:

@@ -13,28 +13,28 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 import yaml
-from bundle_cli import cli, last_line
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.metrics import DiceMetric
 from tiny_config import TINY_NET
 
 from scripts.networks import MedSegDiffV2
-from scripts.runtime.checkpoints import (
-    AtomicCheckpointSaver,
-    ModelRecord,
-    ResumeFromLatestCheckpoint,
-    latest_checkpoint,
-)
-from scripts.runtime.checks import check_settings
+from scripts.runtime.checkpoints import AtomicCheckpointSaver
 from scripts.runtime.cli import unknown_override_keys
 from scripts.runtime.errors import BundleError, bundle_error_in, install_error_summary
+from scripts.runtime.records import ModelRecord
+from scripts.runtime.resume import ResumeFromLatestCheckpoint, latest_checkpoint
 from scripts.runtime.runs import RunLock, check_run_dirs
+from scripts.runtime.settings import check_settings
 from scripts.runtime.weights import InitialWeightsLoader, WeightsLoader
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 TRAIN_QUICK = "['configs/train.yaml','configs/quick.yaml']"
 
@@ -50,7 +50,9 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def error_hook(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Callable[[BaseException], str]:
+def error_hook(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, bundle_cli: BundleCLI
+) -> Callable[[BaseException], str]:
     """The last stderr line that the hook installed by ``monai.bundle run`` prints for an uncaught ``exc``."""
     monkeypatch.setattr(sys, "excepthook", lambda *a: None)  # the usual traceback: left out
     install_error_summary()
@@ -58,7 +60,7 @@ def error_hook(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -
     def last(exc: BaseException) -> str:
         capsys.readouterr()
         sys.excepthook(type(exc), exc, exc.__traceback__)
-        return last_line(capsys.readouterr().err)
+        return bundle_cli.last_line(capsys.readouterr().err)
 
     return last
 
@@ -72,17 +74,18 @@ CLI_REFUSALS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "expected"), CLI_REFUSALS, ids=[" ".join(a) for a, _ in CLI_REFUSALS])
 def test_bad_run_folder_seed_or_network_argument_stops_at_start_up_with_an_error_line(
-    bundle_root: Path, args: list[str], expected: str
+    bundle_root: Path, bundle_cli: BundleCLI, args: list[str], expected: str
 ) -> None:
     models = bundle_root / "models"
     before = tree(models)
     name = f"pytest_safety_{os.getpid()}"
     run_name = [] if "--run_name" in args else ["--run_name", name]
-    proc = cli(bundle_root, "--config_file", TRAIN_QUICK, *run_name, *args, timeout=180)
+    proc = bundle_cli("--config_file", TRAIN_QUICK, *run_name, *args, timeout=180)
     assert proc.returncode != 0
-    line = last_line(proc.stderr)
+    line = bundle_cli.last_line(proc.stderr)
     assert line.startswith("ERROR: ") and expected in line, proc.stderr[-2000:]
     assert "validated" not in proc.stdout  # before any data was read
     assert tree(models) == before  # nothing written into the shipped weights' folder
@@ -130,17 +133,20 @@ def test_a_second_training_on_a_held_run_folder_stops_at_once_naming_the_holder(
     again.release()
 
 
-def test_two_trainings_of_one_run_folder_the_second_ends_with_the_error_line(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_two_trainings_of_one_run_folder_the_second_ends_with_the_error_line(
+    bundle_cli: BundleCLI, tmp_path: Path
+) -> None:
     models = tmp_path / "models"
     models.mkdir()
     with open(models / ".lock", "w") as held:  # another training, as a lock holder
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242\n")
         held.flush()
-        proc = cli(bundle_root, "--config_file", TRAIN_QUICK, "--ckpt_dir", str(models), "--output_dir", str(tmp_path))
+        proc = bundle_cli("--config_file", TRAIN_QUICK, "--ckpt_dir", str(models), "--output_dir", str(tmp_path))
     assert proc.returncode != 0
     expected = f"ERROR: {models}: another training holds this run folder (pid 4242)"
-    assert last_line(proc.stderr).startswith(expected), proc.stderr[-2000:]
+    assert bundle_cli.last_line(proc.stderr).startswith(expected), proc.stderr[-2000:]
     assert "validated" not in proc.stdout
     assert sorted(p.name for p in models.iterdir()) == [".lock"]
 
@@ -261,6 +267,7 @@ def test_a_model_pt_replaced_by_hand_is_refused_on_resume(tmp_path: Path) -> Non
         resume_and_score(tmp_path, checkpoint, 0.7)
 
 
+@pytest.mark.slow
 def test_time_budget_stop_then_resume_compares_with_the_last_validation_not_the_stale_checkpoint(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -289,6 +296,7 @@ def test_time_budget_stop_then_resume_compares_with_the_last_validation_not_the_
 
 
 # -- resume refuses changed settings; the learning rate --------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_refuses_a_changed_architecture_or_resolution_naming_the_key_and_both_values(
     train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
 ) -> None:
@@ -319,6 +327,7 @@ def test_resume_refuses_a_changed_architecture_or_resolution_naming_the_key_and_
     assert f"({models / 'model.json'})" in message(err.value)
 
 
+@pytest.mark.slow
 def test_resume_of_a_checkpoint_without_settings_and_other_weights_says_what_differs(
     train_workflow: Callable[..., ConfigWorkflow], run_recording: Callable[[ConfigWorkflow], dict], tmp_path: Path
 ) -> None:
@@ -336,6 +345,7 @@ def test_resume_of_a_checkpoint_without_settings_and_other_weights_says_what_dif
     assert "shape mismatches" in message(err.value)
 
 
+@pytest.mark.slow
 def test_resume_applies_the_configured_learning_rate_and_logs_it(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -423,6 +433,7 @@ def test_weights_checkpoints_and_record_get_the_mode_of_the_umask(tmp_path: Path
 
 
 # -- full disk, read-only file system: one ERROR line ----------------------------------------------------------------
+@pytest.mark.slow
 def test_a_full_disk_during_training_ends_with_the_file_and_the_reason(
     train_workflow: Callable[..., ConfigWorkflow],
     tmp_path: Path,
@@ -456,7 +467,8 @@ def test_a_full_disk_seen_by_torchs_writer_names_the_file_and_the_free_space(
         engine.run([0], max_epochs=1)
 
 
-def test_a_read_only_file_system_ends_with_the_folder_and_the_reason(bundle_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_read_only_file_system_ends_with_the_folder_and_the_reason(bundle_cli: BundleCLI, tmp_path: Path) -> None:
     read_only = tmp_path / "ro"
     prelude = (
         "import errno, os, pathlib\n"
@@ -468,10 +480,10 @@ def test_a_read_only_file_system_ends_with_the_folder_and_the_reason(bundle_root
         "pathlib.Path.mkdir = mkdir\n"
     )
     args = ["--config_file", TRAIN_QUICK, "--ckpt_dir", str(read_only / "models"), "--output_dir", str(tmp_path)]
-    proc = cli(bundle_root, *args, prelude=prelude, timeout=180)
+    proc = bundle_cli(*args, prelude=prelude, timeout=180)
     assert proc.returncode != 0
     expected = f"ERROR: {read_only / 'models'}: cannot create the run folder: read-only file system"
-    assert last_line(proc.stderr).startswith(expected), proc.stderr[-2000:]
+    assert bundle_cli.last_line(proc.stderr).startswith(expected), proc.stderr[-2000:]
 
 
 def test_every_uncaught_failure_ends_with_one_error_line(error_hook: Callable[[BaseException], str]) -> None:

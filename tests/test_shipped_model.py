@@ -71,6 +71,7 @@ def test_recorded_sha256_matches_the_committed_and_the_checked_out_weights(
     assert hashlib.sha256((bundle_root / weights).read_bytes()).hexdigest() == recorded
 
 
+@pytest.mark.slow
 def test_default_inference_with_the_shipped_weights_writes_a_mask(
     bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, demo_data: Path, tmp_path: Path
 ) -> None:
@@ -91,6 +92,7 @@ def test_default_inference_with_the_shipped_weights_writes_a_mask(
     assert set(np.unique(mask)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_default_volume_inference_with_the_shipped_weights_segments_a_held_out_volume(
     bundle_workflow: Callable[..., ConfigWorkflow], bundle_root: Path, demo_data: Path, tmp_path: Path
 ) -> None:
@@ -137,7 +139,8 @@ def test_metadata_verifies_against_the_model_zoo_schema(bundle_root: Path) -> No
     meta = json.loads((bundle_root / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     outputs = meta["network_data_format"]["outputs"]
-    assert next(iter(outputs.values()))["channel_def"] == {"0": "background", "1": "lesion"}  # read by MONAI Label
+    assert outputs["pred"]["channel_def"] == {"0": "lesion"}  # one channel per foreground class: the x0 estimate
+    assert outputs["pred"]["value_range"] == [-1, 1]
 
 
 def test_metadata_agrees_with_the_inference_config(bundle_root: Path) -> None:
@@ -152,8 +155,9 @@ def test_metadata_agrees_with_the_inference_config(bundle_root: Path) -> None:
     assert fmt["inputs"]["image"]["spatial_shape"] == roi and fmt["inputs"]["x"]["spatial_shape"] == roi
     assert fmt["inputs"]["image"]["num_channels"] == cfg["image_channels"]
     assert fmt["inputs"]["x"]["num_channels"] == cfg["num_classes"]
-    for out in (fmt["outputs"]["pred"], fmt["post_processed_outputs"]["pred"]):
-        assert out["spatial_shape"] == roi and len(out["channel_def"]) == cfg["num_classes"] + 1
+    pred, labels = fmt["outputs"]["pred"], fmt["post_processed_outputs"]["pred"]
+    assert pred["spatial_shape"] == roi and pred["num_channels"] == len(pred["channel_def"]) == cfg["num_classes"]
+    assert labels["num_channels"] == 1 and labels["format"] == "labels"  # a label map in the input's size
     source, description = meta["eval_metrics"]["source"], meta["description"]
     sampler = {"ddpm": "DDPM respaced to", "ddim": "DDIM"}[cfg["sampler"]]
     assert f"{sampler} {cfg['num_inference_steps']} steps" in source and f"{cfg['ensemble_size']} samples" in source

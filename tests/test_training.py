@@ -13,9 +13,12 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from tiny_config import TINY_TRAINING
 
-from scripts.runtime.checkpoints import AtomicCheckpointSaver, latest_checkpoint
+from scripts.runtime.checkpoints import AtomicCheckpointSaver
+from scripts.runtime.errors import BundleError
+from scripts.runtime.resume import latest_checkpoint
 
 
+@pytest.mark.slow
 def test_2d_binary_training_writes_checkpoints_and_validation_dice(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -35,6 +38,7 @@ def test_2d_binary_training_writes_checkpoints_and_validation_dice(
     assert (tmp_path / "logs").is_dir() and any((tmp_path / "logs").iterdir())  # TensorBoard events
 
 
+@pytest.mark.slow
 def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -66,6 +70,7 @@ def test_augment_transforms_images_and_keeps_labels_binary(
     assert torch.isfinite(b["image"]).all() and set(b["label"].unique().tolist()) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_same_seed_same_first_epoch_loss(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -78,6 +83,7 @@ def test_same_seed_same_first_epoch_loss(
     assert a["losses"] != c["losses"]
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -107,6 +113,7 @@ def test_resume_continues_from_the_saved_epoch(
     assert fresh["epochs"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_init_weights_starts_the_network_and_its_ema_from_given_weights(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],
@@ -130,9 +137,8 @@ def test_init_weights_starts_the_network_and_its_ema_from_given_weights(
 
 
 def test_resume_rejects_the_string_false(train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError) as err:  # at start-up (scripts/runtime/checks.py), before any data is read
+    with pytest.raises(BundleError, match="resume='false' is invalid, expected True or False"):  # before any data
         train_workflow(tmp_path, "quick.yaml", resume="false")
-    assert "resume='false' is invalid, expected True or False" in repr(err.value.__cause__) + str(err.value)
 
 
 def test_checkpoint_write_is_atomic_and_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,6 +201,7 @@ def test_bad_datalist_stops_before_training_without_touching_outputs(
     assert not list((tmp_path / "models").glob("checkpoint*"))
 
 
+@pytest.mark.slow
 def test_tracking_with_mlflow_records_the_run(bundle_root: Path, tmp_path: Path) -> None:
     import mlflow
     from monai.bundle import run
@@ -218,6 +225,7 @@ def test_tracking_with_mlflow_records_the_run(bundle_root: Path, tmp_path: Path)
     assert "train_loss" in metrics and "val_mean_dice" in metrics, metrics
 
 
+@pytest.mark.slow
 def test_2_5d_training_gives_each_slice_its_neighbours_as_channels(
     train_workflow: Callable[..., ConfigWorkflow],
     run_recording: Callable[[ConfigWorkflow], dict],

@@ -13,17 +13,13 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-from monai.metrics import compute_roc_auc
+from monai.metrics import CalibrationErrorMetric, compute_roc_auc
 from PIL import Image
 from tiny_config import TINY_EVAL
 
-from scripts.evaluation.uncertainty import (
-    ErrorDetectionAUROC,
-    ExpectedCalibrationError,
-    ProbabilityUncertaintyd,
-    ReliabilityDiagramSaver,
-    from_engine_errors,
-)
+from scripts.evaluation.baseline import ProbabilityUncertaintyd
+from scripts.evaluation.reliability import ReliabilityDiagramSaver
+from scripts.evaluation.uncertainty import ErrorDetectionAUROC, ExpectedCalibrationError, from_engine_errors
 
 # ---- error-detection AUROC --------------------------------------------------------------------------------------
 
@@ -50,7 +46,7 @@ def test_auroc_is_one_for_a_map_that_marks_the_errors_half_for_noise_zero_when_i
 def test_auroc_matches_monai_compute_roc_auc_with_ties_pooled_and_per_case() -> None:
     g = torch.Generator().manual_seed(2)
     errors = _errors(3, (3, 1, 12, 12), rate=0.3)
-    # few distinct values (as an ensemble's entropy), correlated with the errors: ties matter
+    # few distinct values (as the entropy of an ensemble of hard masks), correlated with the errors: ties matter
     scores = ((errors + torch.rand(errors.shape, generator=g)) * 2).round() / 4
     metric = ErrorDetectionAUROC()
     per_case = metric(scores, errors)
@@ -122,6 +118,23 @@ def test_ece_is_per_class_per_case_and_pooled_over_pixels() -> None:
         metric(prob * 2, truth)
 
 
+def test_ece_per_case_equals_monai_calibration_error_but_pools_pixels_and_bins_edges_to_the_right() -> None:
+    """MONAI's CalibrationErrorMetric gives the same per-case, per-class ECE on continuous probabilities; ours pools
+    the pixels of all cases (MONAI averages the per-case values) and puts p = k / num_bins in bin k (MONAI: k - 1)."""
+    g = torch.Generator().manual_seed(5)
+    prob = torch.rand(3, 2, 32, 32, generator=g)
+    shift = torch.tensor([0.0, 0.3, -0.3])[:, None, None, None]  # calibrated, under- and overconfident cases
+    truth = (torch.rand(prob.shape, generator=g) < prob + shift).float()
+    ours, monai = ExpectedCalibrationError(num_bins=15), CalibrationErrorMetric(num_bins=15, metric_reduction="none")
+    per_case = ours(prob, truth)
+    assert torch.allclose(per_case, monai(prob, truth), atol=1e-5)
+    assert ours.aggregate().item() < monai.aggregate(reduction="mean").item() - 0.05  # pooled: the shifts cancel
+    edges = torch.tensor([0.2, 0.4, 0.6, 0.8]).reshape(1, 1, 4)  # a 10-member ensemble of hard masks: k/10
+    ours.reset()
+    ours(edges, torch.ones_like(edges))
+    assert ours.bins[0, [3, 6, 9, 12], 0].tolist() == [1, 1, 1, 1]  # [k/15, (k+1)/15): on the edge, in the upper bin
+
+
 # ---- engine output transforms and the UNet's uncertainty -----------------------------------------------------------
 
 
@@ -154,6 +167,7 @@ def _details(out: Path, name: str) -> list[list[str]]:
     return list(csv.reader((out / f"{name}_raw.csv").open()))
 
 
+@pytest.mark.slow
 def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(
     train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import packages_distributions
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -23,6 +24,9 @@ from scripts.diffusion.fusion import METHODS
 from scripts.diffusion.sampling import DiffusionSegmentationInferer
 from scripts.diffusion.schedulers import make_scheduler
 from scripts.networks import ConditionOutput, EnsembleSegmenter
+
+if TYPE_CHECKING:
+    from conftest import BundleCLI
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -53,14 +57,15 @@ def test_inference_config_has_the_keys_the_zoo_names(bundle_workflow: Callable[.
     assert not wf.check_properties(), wf.check_properties()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"no stored metadata schemas at {SCHEMAS}")
-def test_metadata_verifies_against_the_schema_it_names(tmp_path: Path) -> None:
+def test_metadata_verifies_against_the_schema_it_names(bundle_cli: BundleCLI, tmp_path: Path) -> None:
     """``monai.bundle verify_metadata`` as the zoo runs it, on the schema file that metadata.json's ``schema`` names
     (a schema file already at ``--filepath`` is used as it is); a metadata without a required field fails."""
     schema = SCHEMAS / _meta()["schema"].rsplit("/", 1)[-1]
     assert schema.is_file(), f"metadata.json names the schema {schema.name}, which is not in {SCHEMAS}"
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(META), "--filepath", str(schema)]
-    run = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cmd = ["-m", "monai.bundle", "verify_metadata", "--meta_file", str(META), "--filepath", str(schema)]
+    run = bundle_cli.python(*cmd, cwd=BUNDLE, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     meta = _meta()
     del meta["network_data_format"]
@@ -241,6 +246,7 @@ def test_requirements_txt_installs_the_versions_metadata_pins() -> None:
 
 
 # -- data shapes: verify_net_in_out ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_verify_net_in_out_passes_on_the_segmenter_and_fails_on_the_denoiser() -> None:
     """The zoo's data-shape check calls the network with a random image alone and compares the output's channels and
     dtype with network_data_format: ``segmenter_def`` (configs/segmenter.yaml) passes; ``network_def``, which also
@@ -333,7 +339,7 @@ target-version = ['py37', 'py38', 'py39']
 
 
 @pytest.mark.parametrize("tool", ["isort", "black", "flake8"])
-def test_scripts_pass_the_zoo_code_format_check(tool: str, tmp_path: Path) -> None:
+def test_scripts_pass_the_zoo_code_format_check(bundle_cli: BundleCLI, tool: str, tmp_path: Path) -> None:
     (tmp_path / "setup.cfg").write_text(ZOO_SETUP_CFG)
     (tmp_path / "pyproject.toml").write_text(ZOO_PYPROJECT)
     args = {
@@ -341,16 +347,15 @@ def test_scripts_pass_the_zoo_code_format_check(tool: str, tmp_path: Path) -> No
         "black": ["--config", str(tmp_path / "pyproject.toml"), "--skip-magic-trailing-comma", "--check", "--diff"],
         "flake8": ["--config", str(tmp_path / "setup.cfg")],
     }[tool]
-    cmd = [sys.executable, "-m", tool, *args, "scripts"]
-    run = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    run = bundle_cli.python("-m", tool, *args, "scripts", cwd=BUNDLE, timeout=300)
     assert run.returncode == 0, f"{tool} with the zoo's settings:\n{(run.stdout + run.stderr)[-6000:]}"
 
 
-def test_flake8_with_the_zoo_settings_finds_a_planted_issue(tmp_path: Path) -> None:
+def test_flake8_with_the_zoo_settings_finds_a_planted_issue(bundle_cli: BundleCLI, tmp_path: Path) -> None:
     """The format check can fail: the zoo's flake8 plugins (pep8-naming, bugbear) are installed and its select list
     reaches them."""
     (tmp_path / "setup.cfg").write_text(ZOO_SETUP_CFG)
     (tmp_path / "bad.py").write_text("def f(Arg=[]):\n    return Arg\n")
-    cmd = [sys.executable, "-m", "flake8", "--config", str(tmp_path / "setup.cfg"), str(tmp_path / "bad.py")]
-    out = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=300).stdout
+    cmd = ["-m", "flake8", "--config", str(tmp_path / "setup.cfg"), str(tmp_path / "bad.py")]
+    out = bundle_cli.python(*cmd, timeout=300).stdout
     assert "N803" in out and "B006" in out, out

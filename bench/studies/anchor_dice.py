@@ -9,36 +9,27 @@ the diffusion denoiser may still sample poor masks. Binary (one class) only. Fro
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for its shared set-up
 
-from monai.bundle import ConfigParser  # noqa: E402
+from common import absolute_paths, arg_parser, bundle_config  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--dataset_dir", required=True)
     ap.add_argument("--datalist", required=True)
     ap.add_argument("--roi_size", type=int, default=128)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--cases", type=int, default=None, help="first N validation cases")
-    args = ap.parse_args()
-    args.weights = str(Path(args.weights).resolve())
-    args.dataset_dir = str(Path(args.dataset_dir).resolve())
-    args.datalist = str(Path(args.datalist).resolve())
-    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
-    parser.update({"bundle_root": str(BUNDLE), "num_workers": 0, "cache_rate": 0.0})
-    parser.update({k: getattr(args, k) for k in ("dataset_dir", "datalist", "roi_size", "preset")})
+    args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist")
+    settings = {k: getattr(args, k) for k in ("dataset_dir", "datalist", "roi_size", "preset")}
+    parser = bundle_config(["train.yaml"], {"num_workers": 0, "cache_rate": 0.0, **settings})
     net = parser.get_parsed_content("network_def")
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state))  # {"model": ...} or a raw state dict

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Evaluations of the fixed-budget V2 weights with configs/evaluate.yaml (10 samples, STAPLE) on the CPU, one after
 # another: ISIC (first 16 validation cases) with DDIM-5/10/20 and DDPM-100; hippocampus (20 volumes) with DDIM-5, 5 samples.
-# Usage, from the repository root: ISIC_CKPT=... HIP_CKPT=... OUT=/tmp/ev bash bench/studies/eval_v2.sh
+# Usage, from the repository root: ISIC_CKPT=... HIP_CKPT=... OUT=$PWD/bundle/runs/bench/ev bash bench/studies/eval_v2.sh
 set -u
-OUT=${OUT:-/tmp/ev}; D=${D:-$PWD/../shared/data}; mkdir -p $OUT
-python3 -c "import json; d=json.load(open('bundle/docs/splits/isic2018_split.json')); json.dump({'validation': d['validation'][:16]}, open('$OUT/isic_val16.json', 'w'))"
+OUT=${OUT:-$PWD/bundle/runs/bench/ev}; mkdir -p $OUT
+source "$(dirname "$0")/../common.sh"
+val_subset bundle/docs/splits/isic2018_split.json 16 "$OUT/isic_val16.json"
 cd bundle
 export OMP_NUM_THREADS=2
-PY=${PY:-../.venv/bin/python}
 ISIC="--dataset_dir $D/isic2018_task1_256 --roi_size 128 --preset small --ckpt_path $ISIC_CKPT --num_workers 0"
 ev() { local tag=$1; shift; s=$(date +%s); $PY -m monai.bundle run "$@" --eval_dir $OUT/$tag > $OUT/$tag.log 2>&1; echo "$tag rc=$? wall=$(( $(date +%s) - s ))s" >> $OUT/summary.txt; }
 for k in 5 10 20; do

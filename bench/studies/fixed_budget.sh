@@ -4,9 +4,10 @@
 # evaluated (configs/evaluate.yaml). The V2 weights are evaluated with bench/studies/eval_v2.sh (STAPLE needs SimpleITK).
 # Usage, from the repository root: BUDGET=360 bash bench/studies/fixed_budget.sh   (DRY=1 skips the GPU checks)
 set -u
-BUDGET=${BUDGET:-400}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/r}; NW=${NW:-3}; DRY=${DRY:-0}
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT $R
-PY=${PY:-python3}
+BUDGET=${BUDGET:-400}; R=${R:-$PWD/bundle/runs/bench/r}; NW=${NW:-3}; DRY=${DRY:-0}
+OUT=${OUT:-$PWD/bundle/runs/bench/out}; mkdir -p $OUT $R
+PY=${PY:-python3}  # the GPU machine's Python
+source "$(dirname "$0")/../common.sh"
 if [ "$DRY" = 0 ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi

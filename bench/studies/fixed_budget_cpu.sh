@@ -2,11 +2,12 @@
 # Fixed wall-clock comparison on a CPU (docs/results.md): the small V2 preset and the UNet baseline trained one after
 # the other for BUDGET seconds each on ISIC 2018 at 64x64 (configs/quick.yaml settings), then evaluated with
 # configs/evaluate.yaml (V2: DDIM-10 on the 64 validation cases and DDPM-100 on the first 16; 10 samples, STAPLE).
-# Usage, from the repository root: BUDGET=900 R=/tmp/cpu bash bench/studies/fixed_budget_cpu.sh
+# Usage, from the repository root: BUDGET=900 R=$PWD/bundle/runs/bench/cpu bash bench/studies/fixed_budget_cpu.sh
 set -u
-BUDGET=${BUDGET:-900}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/cpu}; PY=${PY:-$PWD/.venv/bin/python}
+BUDGET=${BUDGET:-900}; R=${R:-$PWD/bundle/runs/bench/cpu}
 mkdir -p $R
-python3 -c "import json; d=json.load(open('${SPLIT:-bundle/docs/splits/isic2018_split.json}')); json.dump({'validation': d['validation'][:16]}, open('$R/isic_val16.json', 'w'))"
+source "$(dirname "$0")/../common.sh"
+val_subset "${SPLIT:-bundle/docs/splits/isic2018_split.json}" 16 "$R/isic_val16.json"
 cd bundle
 SPLIT=${SPLIT:-$PWD/docs/splits/isic2018_split.json}
 ISIC="--dataset_dir $D/isic2018_task1_256 --datalist $SPLIT"

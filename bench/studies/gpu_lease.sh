@@ -15,7 +15,7 @@
 # SKIP_BENCH=1: the fine-tuning alone; MARGIN: seconds allowed past the budget (start-up, last validation).
 # Usage, from the repository root: D=.gpu/isic OLD=.gpu/old BUDGET=300 bash bench/studies/gpu_lease.sh
 set -u
-D=${D:-.gpu/isic}; OLD=${OLD:-.gpu/old}; BUDGET=${BUDGET:-300}; OUT=${OUT:-/tmp/out}; R=${R:-/tmp/r}; PY=${PY:-python3}
+D=${D:-.gpu/isic}; OLD=${OLD:-.gpu/old}; BUDGET=${BUDGET:-300}; OUT=${OUT:-$PWD/bundle/runs/bench/out}; R=${R:-$PWD/bundle/runs/bench/r}; PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$R"
 if [ "${1:-}" = prepare ]; then  # copy the training and validation cases of the ISIC split into D

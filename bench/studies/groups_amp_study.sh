@@ -6,9 +6,8 @@
 # reliance. Usage, from the repository root:
 #   ITERS=400 PAR=2 bash bench/studies/groups_amp_study.sh groups2:"" per_case:"--timestep_groups '$None'" bf16:"--amp True"
 set -u
-ITERS=${ITERS:-400}; D=${D:-$PWD/../shared/data}; R=${R:-/tmp/groups_amp}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
-PY=${PY:-$PWD/.venv/bin/python}; mkdir -p "$R"
-source "$(dirname "$0")/parallel_runs.sh"
+ITERS=${ITERS:-400}; R=${R:-$PWD/bundle/runs/bench/groups_amp}; PAR=${PAR:-2}; THREADS=${THREADS:-1}; mkdir -p "$R"
+source "$(dirname "$0")/../common.sh"
 cd bundle
 run() {  # name "overrides"
   local s; s=$(date +%s)

@@ -12,10 +12,10 @@
 # bench/studies/study_table.py prints the table. Usage, from the repository root:
 #   BUDGET=900 PAR=2 THREADS=1 bash bench/studies/objective_study.sh paper:"--prediction_type epsilon" hippocampus/x0:"..."
 set -u
-BUDGET=${BUDGET:-300}; D=${D:-$PWD/../shared/data}; R=${R:-$PWD/bundle/runs/study_logs}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
-PY=${PY:-$PWD/.venv/bin/python}; VAL=${VAL:-4}; HIPPO_VAL=${HIPPO_VAL:-100000}; HIPPO_EVAL=${HIPPO_EVAL:-False}
+BUDGET=${BUDGET:-300}; R=${R:-$PWD/bundle/runs/study_logs}; PAR=${PAR:-2}; THREADS=${THREADS:-1}
+VAL=${VAL:-4}; HIPPO_VAL=${HIPPO_VAL:-100000}; HIPPO_EVAL=${HIPPO_EVAL:-False}
 RELIANCE=${RELIANCE:-True}; EXTRA=${EXTRA:-}; SPLIT=${SPLIT:-validation}; mkdir -p "$R"
-source "$(dirname "$0")/parallel_runs.sh"
+source "$(dirname "$0")/../common.sh"
 cd bundle
 SPL=$PWD/docs/splits
 run() {  # [data/]name "overrides"

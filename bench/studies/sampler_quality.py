@@ -3,27 +3,27 @@
 Uses the bundle's training config for the validation preprocessing, so the cases are prepared exactly as in
 validation. Example (small preset trained with quick.yaml on ISIC)::
 
-    python bench/studies/sampler_quality.py --weights /tmp/tr/isic/models/model.pt --overlays quick.yaml \
+    python bench/studies/sampler_quality.py --weights bundle/runs/quick/models/model.pt --overlays quick.yaml \
         --dataset_dir ../shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
         --cases 32 --settings ddpm:100 ddim:5 ddim:10 ddim:20
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.networks.schedulers import DDIMScheduler
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for its shared set-up
+
+from common import absolute_paths, arg_parser, bundle_config, use_bundle  # noqa: E402
+
+use_bundle()
 
 from scripts.diffusion.fusion import fuse, onehot_to_labels  # noqa: E402
 from scripts.diffusion.sampling import DiffusionSegmentationInferer  # noqa: E402
@@ -41,7 +41,7 @@ def dice(pred: np.ndarray, gt: np.ndarray, k: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--overlays", nargs="*", default=["quick.yaml"])
     ap.add_argument("--dataset_dir", required=True)
@@ -51,17 +51,17 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["ddpm:100", "ddim:5", "ddim:10", "ddim:20"])
     ap.add_argument("--fusion", default="staple")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    args.weights = str(Path(args.weights).resolve())
-    args.dataset_dir = str(Path(args.dataset_dir).resolve())
-    args.datalist = str(Path(args.datalist).resolve())
-    args.json = args.json.resolve() if args.json else None
-    os.chdir(BUNDLE)  # the configs' %configs/... macros resolve from the bundle root
+    args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist", "json")
 
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.yaml")] + [str(BUNDLE / "configs" / o) for o in args.overlays])
-    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": args.dataset_dir, "datalist": args.datalist})
-    parser.update({"validate#dataloader#batch_size": 1, "cache_rate": 0.0})
+    parser = bundle_config(
+        ["train.yaml", *args.overlays],
+        {
+            "dataset_dir": args.dataset_dir,
+            "datalist": args.datalist,
+            "validate#dataloader#batch_size": 1,
+            "cache_rate": 0.0,
+        },
+    )
     net = parser.get_parsed_content("network_def").eval()
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("ema", state.get("model", state)))

@@ -6,18 +6,21 @@ it), then the Dice, anchor Dice, swapped-condition Dice and image reliance of th
 (``runs/study_<name>/eval``: the 10-sample ensemble) or, for runs scored by training's last validation (hippocampus),
 of that validation (one DDIM-10 sample).
 
-    python bench/studies/study_table.py --logs /tmp/study x0_concat paper hippocampus_paper ...
+    python bench/studies/study_table.py --logs bundle/runs/study_logs x0_concat paper hippocampus_paper ...
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
+import sys
 from datetime import timedelta
 from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for its shared set-up
+
+from common import BUNDLE, arg_parser  # noqa: E402
+
 BUDGET = re.compile(r"time budget of \S+ s reached after (\d+) s \(epoch (\d+), iteration (\d+)\)")
 VALIDATION = re.compile(r"SupervisedEvaluator - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
 METRICS = re.compile(r"Metrics -- (.*)")
@@ -55,7 +58,7 @@ def evaluation(runs: Path, run: str) -> dict[str, float] | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--logs", type=Path, required=True, help="the study's R folder (<run>.train.log)")
     ap.add_argument("--runs_dir", type=Path, default=BUNDLE / "runs", help="the bundle's runs/ folder")
     ap.add_argument("runs", nargs="+")

@@ -18,19 +18,18 @@ The ECE is that of the matching probability. Used for ``soft_members`` (docs/res
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for its shared set-up
 
-from monai.bundle import ConfigParser  # noqa: E402
+from common import BUNDLE, absolute_paths, arg_parser, bundle_config, use_bundle  # noqa: E402
+
+use_bundle()
 
 from scripts.diffusion.fusion import binary_entropy, fuse  # noqa: E402
 from scripts.evaluation.uncertainty import auroc_from_counts, calibration_bins, ece_from_bins  # noqa: E402
@@ -50,7 +49,7 @@ def ece(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--dataset_dir", required=True)
     ap.add_argument("--datalist", required=True)
     ap.add_argument("--weights", default=str(BUNDLE / "models" / "model.pt"))
@@ -59,17 +58,13 @@ def main() -> None:
     ap.add_argument("--patch_size", type=int, default=2)
     ap.add_argument("--ensemble", type=int, default=10)
     ap.add_argument("--steps", type=int, default=10)
-    args = ap.parse_args()
-    weights, dataset_dir, datalist = (str(Path(p).resolve()) for p in (args.weights, args.dataset_dir, args.datalist))
-    os.chdir(BUNDLE)  # the configs refer to each other relative to the bundle root
+    args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist")
 
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.yaml"), str(BUNDLE / "configs" / "evaluate.yaml")])
-    parser.update(
+    parser = bundle_config(
+        ["train.yaml", "evaluate.yaml"],
         {
-            "bundle_root": str(BUNDLE),
-            "dataset_dir": dataset_dir,
-            "datalist": datalist,
+            "dataset_dir": args.dataset_dir,
+            "datalist": args.datalist,
             "roi_size": args.roi_size,
             "patch_size": args.patch_size,
             "preset": "small",
@@ -77,10 +72,10 @@ def main() -> None:
             "eval_split": args.split,
             "val_reliance": False,
             "cache_rate": 0.0,
-        }
+        },
     )
     net = parser.get_parsed_content("network")
-    net.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu")["model"])
+    net.load_state_dict(torch.load(args.weights, weights_only=True, map_location="cpu")["model"])
     net.eval()
     dataset = parser.get_parsed_content("validate#dataset")
     inferer = parser.get_parsed_content("validate#inferer")

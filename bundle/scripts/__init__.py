@@ -15,8 +15,21 @@ Importing ``scripts`` imports every module (a test holds the list complete), so 
 from . import data, diffusion, evaluation, networks, runtime, tools
 from .data import datalist, dicom, inputs, readers, transforms, validation  # noqa: F401
 from .diffusion import ema, fusion, sampling, schedulers, training  # noqa: F401
-from .evaluation import baseline, diagnostics, metrics, outputs, savers, uncertainty  # noqa: F401
-from .runtime import allocator, checkpoints, checks, cli, errors, handlers, runs, weights  # noqa: F401
+from .evaluation import baseline, diagnostics, metrics, outputs, reliability, savers, uncertainty  # noqa: F401
+from .runtime import (  # noqa: F401  # noqa: F401
+    allocator,
+    checkpoints,
+    checks,
+    cli,
+    disk,
+    errors,
+    handlers,
+    records,
+    resume,
+    runs,
+    settings,
+    weights,
+)
 from .tools import export, package  # noqa: F401
 
 __all__ = ["data", "diffusion", "evaluation", "networks", "runtime", "tools"]

@@ -1,10 +1,12 @@
 """Geometry checks of a DICOM series folder before it is read as one volume.
 
-ITK (MONAI's reader) stacks whatever files a folder holds: a missing slice gives a volume with uniform spacing and the
-wrong geometry (with only a C++ warning), and two series in one folder are silently mixed. :func:`check_dicom_series`
-reads the headers only and raises a :class:`~scripts.runtime.errors.BundleError` naming the folder and the problem:
-mixed series, mixed orientations or sizes, duplicate slices, missing slices (a gap) or non-uniform spacing.
-The bundle never resamples a series to hide a gap.
+MONAI's ``ITKReader`` reads the first series GDCM finds in a folder (a second series only gives a Python warning) and
+stacks its files whatever their spacing: a missing slice gives a volume with uniform spacing and the wrong geometry
+(with only a C++ warning). :func:`check_dicom_series` finds the series as GDCM does (SimpleITK's
+``GetGDCMSeriesIDs`` / ``GetGDCMSeriesFileNames``, by SeriesInstanceUID; files GDCM cannot parse are left out, as
+ITK leaves them out), reads their headers only, and raises a :class:`~scripts.runtime.errors.BundleError` naming the
+folder and the problem: mixed series, mixed orientations or sizes, duplicate slices, missing slices (a gap) or
+non-uniform spacing. The bundle never resamples a series to hide a gap.
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ from pydicom.errors import InvalidDicomError
 
 from ..runtime.errors import BundleError
 
-__all__ = ["check_dicom_series", "dicom_files"]
+__all__ = ["check_dicom_series", "series_files"]
 
 
-def dicom_files(folder: str | Path) -> list[Path]:
-    """The files of a DICOM series folder (``*.dcm`` or without suffix, hidden files excluded)."""
-    files = (p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in files if p.suffix.lower() in ("", ".dcm"))
+def series_files(folder: str | Path) -> dict[str, list[Path]]:
+    """The DICOM series of ``folder`` (not its subfolders) as GDCM finds them: SeriesInstanceUID -> files."""
+    import SimpleITK as sitk  # noqa: N813 (imported where a series folder is checked, as fusion's STAPLE does)
+
+    reader = sitk.ImageSeriesReader
+    return {
+        uid: [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+        for uid in reader.GetGDCMSeriesIDs(str(folder))
+    }
 
 
 def _position_along_normal(ds: pydicom.Dataset, normal: np.ndarray) -> float | None:
@@ -36,19 +43,19 @@ def check_dicom_series(folder: str | Path, rel_tol: float = 0.01, abs_tol: float
     """Raises :class:`BundleError` unless ``folder`` holds one series of parallel, equally sized slices at uniform
     spacing (within ``max(abs_tol mm, rel_tol * spacing)``)."""
     folder = Path(folder)
-    files = dicom_files(folder)
+    series = series_files(folder)
+    if len(series) > 1:
+        counts = Counter({uid: len(files) for uid, files in series.items()})
+        found = ", ".join(f"{uid} ({n} files)" for uid, n in counts.most_common())
+        raise BundleError(f"{folder}: mixed DICOM series, {len(series)} series in one folder: {found}; one per folder")
     headers = []
-    for path in files:
+    for path in sorted(next(iter(series.values()), [])):
         try:
             headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
         except (InvalidDicomError, OSError, ValueError) as e:
             raise BundleError(f"{path}: not a readable DICOM file in the series folder {folder}: {e}") from e
     if len(headers) < 2:
         return
-    series = Counter(str(getattr(ds, "SeriesInstanceUID", "?")) for _, ds in headers)
-    if len(series) > 1:
-        found = ", ".join(f"{uid} ({n} files)" for uid, n in series.most_common())
-        raise BundleError(f"{folder}: mixed DICOM series, {len(series)} series in one folder: {found}; one per folder")
     sizes = Counter((int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for _, ds in headers)
     if len(sizes) > 1:
         raise BundleError(f"{folder}: slices of different sizes in one series (rows x columns: {dict(sizes)})")

@@ -21,6 +21,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # the suffixes MONAI's PILReader claims
 # the 2D images inference writes back: MONAI's writers squeeze a 1-pixel axis away and then find no writer
 MIN_IMAGE_SIZE = 2
+MODALITIES = ("rgb", "ct", "mr")  # the intensity normalisations of the configs (train.yaml's intensity block)
 RGB_RANGE = (0, 255)  # modality rgb: ScaleIntensityRanged maps 0..255 to [0, 1] and clips the rest
 
 

@@ -170,10 +170,14 @@ class DiffusionSegmentationInferer(Inferer):
             x = self.scheduler.add_noise(anchor, x, timesteps[:1].expand(b * n))
         x = x.contiguous(memory_format=self.memory_format)
         step_kwargs = self._step_kwargs(generator)
+        self_condition = getattr(net, "self_condition", False)  # it gets the previous step's x0 estimate
+        extra: dict[str, torch.Tensor] = {}
         for t in timesteps:
             with self._autocast(image.device):
-                out = net(x, t, condition=condition)
-            x, _ = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
+                out = net(x, t, condition=condition, **extra)
+            x, x0 = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
+            if self_condition:
+                extra = {"x_self_cond": x0.clamp(-1, 1)}
         x = ((x.float().clamp(-1, 1) + 1) / 2) if self.soft_members else (x > 0).float()
         samples = x.reshape(b, n, k, *image.shape[2:])
         for j, flip in enumerate(self.member_flips()):

@@ -15,7 +15,7 @@ from monai.losses import DiceLoss
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+SELF_CONDITION_SHARE = 0.5  # share of the batches trained with an x0 estimate as input (Chen et al. 2022)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -127,6 +127,9 @@ class SegDiffusionTrainingInferer(Inferer):
             gradient from the mask noised to t = T - 1 (as sampling starts), that prediction is noised to x_t, and the
             denoiser learns to recover the true mask from it. 0: the paper's training. Not in the paper.
 
+    With a ``self_condition`` network (Chen et al., "Analog Bits", 2022), half of the batches first estimate x0 from
+    x_t without gradient and feed that estimate back as the denoiser's extra input, as sampling does at every step.
+
     ``warmup`` (set by :class:`AnchorWarmup`): only the Condition Model runs, for the anchor term of eq. 3.
     """
 
@@ -160,6 +163,15 @@ class SegDiffusionTrainingInferer(Inferer):
             out = network(x_last, last, image=inputs)
         return predicted_x0(self.scheduler, out.float(), x_last, last)
 
+    @torch.no_grad()
+    def estimated_x0(
+        self, inputs: torch.Tensor, network: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoiser's x0 estimate at (x_t, t) without self-conditioning input (no gradient)."""
+        with self._autocast(inputs.device):
+            out = network(x_t, timesteps, image=inputs)
+        return predicted_x0(self.scheduler, out.float(), x_t, timesteps)
+
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: nn.Module, mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -173,8 +185,11 @@ class SegDiffusionTrainingInferer(Inferer):
         x_t = self.scheduler.add_noise(original_samples=start, noise=noise, timesteps=timesteps)
         # the target always points at the true mask: from a recycled x_t, its noise is the one implied by the truth
         target_noise = implied_noise(self.scheduler, x0, x_t, timesteps) if recycle else noise
+        extra = {}  # a self_condition network gets the x0 estimate in SELF_CONDITION_SHARE of the batches
+        if getattr(unwrap(network), "self_condition", False) and torch.rand(()).item() < SELF_CONDITION_SHARE:
+            extra["x_self_cond"] = self.estimated_x0(inputs, network, x_t, timesteps)
         with self._autocast(inputs.device):
-            prediction, anchor = network(x_t, timesteps, image=inputs, with_anchor=True)
+            prediction, anchor = network(x_t, timesteps, image=inputs, with_anchor=True, **extra)
         return {
             "prediction": prediction.float(),
             "target": prediction_target(self.scheduler, x0, target_noise, timesteps),

@@ -1,9 +1,20 @@
-"""The supervised baseline's loss (configs/baseline.yaml): Dice + binary cross-entropy on sigmoid outputs."""
+"""The supervised baseline's parts (configs/baseline.yaml): its loss, Dice + binary cross-entropy on sigmoid outputs,
+and the uncertainty map of its sigmoid probability (scored by :mod:`.uncertainty` as the ensemble's)."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.losses import DiceCELoss
+from monai.transforms import MapTransform
+
+from ..diffusion.fusion import binary_entropy
+
+__all__ = ["DiceBCELoss", "ProbabilityUncertaintyd"]
 
 
 class DiceBCELoss(DiceCELoss):
@@ -20,3 +31,21 @@ class DiceBCELoss(DiceCELoss):
         if input.shape != target.shape:
             raise ValueError(f"prediction {tuple(input.shape)} and label {tuple(target.shape)} differ in shape")
         return self.lambda_dice * self.dice(input, target) + self.lambda_ce * self.bce(input, target)
+
+
+class ProbabilityUncertaintyd(MapTransform):
+    """Uncertainty map of a per-class probability in ``keys`` (K, *spatial), as ``EnsembleFusiond`` makes it for an
+    ensemble: the binary entropy in bits, maximum over classes, written to ``uncertainty_key`` as (1, *spatial)."""
+
+    def __init__(
+        self, keys: KeysCollection, uncertainty_key: str = "uncertainty", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.uncertainty_key = uncertainty_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            p = np.clip(torch.as_tensor(d[key]).detach().cpu().numpy().astype(np.float64), 0, 1)
+            d[self.uncertainty_key] = torch.from_numpy(binary_entropy(p).max(0, keepdims=True).astype(np.float32))
+        return d

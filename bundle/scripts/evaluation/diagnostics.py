@@ -8,13 +8,13 @@ scores ~0; one that segments from the image scores about its Dice minus the Dice
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Timer
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from torch.utils.data import Dataset
@@ -94,32 +94,24 @@ def loss_terms(output: list[dict] | dict) -> dict[str, float]:
     return terms
 
 
-class DataWaitLogger:
-    """Logs, at every epoch end, the share of the epoch's wall-clock time spent waiting for the next batch (ignite's
-    GET_BATCH events), so that a loader bottleneck is visible; also kept as ``engine.state.data_wait_share``."""
+class DataWaitLogger(Timer):
+    """Ignite's :class:`~ignite.handlers.Timer` of the time spent waiting for the next batch (between ignite's
+    GET_BATCH events), logged at every epoch end as a share of the epoch's time (``engine.state.times``), so that a
+    loader bottleneck is visible; the share is also kept as ``engine.state.data_wait_share``."""
 
-    def __init__(self) -> None:
-        self._wait = self._epoch_start = self._batch_start = 0.0
+    def attach(self, engine: Engine) -> DataWaitLogger:  # type: ignore[override]
+        super().attach(
+            engine, start=Events.EPOCH_STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED
+        )
+        engine.add_event_handler(Events.EPOCH_STARTED, self.pause)  # reset() starts the clock: wait for a batch
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log)
+        return self
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
-        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
-        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-
-    def _epoch_started(self, engine: Engine) -> None:
-        self._wait, self._epoch_start = 0.0, time.perf_counter()
-
-    def _batch_started(self, engine: Engine) -> None:
-        self._batch_start = time.perf_counter()
-
-    def _batch_completed(self, engine: Engine) -> None:
-        self._wait += time.perf_counter() - self._batch_start
-
-    def _epoch_completed(self, engine: Engine) -> None:
-        total = max(time.perf_counter() - self._epoch_start, 1e-9)
-        engine.state.data_wait_share = self._wait / total
+    def _log(self, engine: Engine) -> None:
+        wait = self.value()
+        total = max(engine.state.times[Events.EPOCH_COMPLETED.name] or 0.0, wait, 1e-9)  # the epoch so far
+        engine.state.data_wait_share = wait / total
         logger.info(
-            f"epoch {engine.state.epoch}: {self._wait:.1f} s of {total:.1f} s waiting for data "
-            f"({100 * self._wait / total:.1f}%), {engine.state.epoch_length / total:.2f} it/s"
+            f"epoch {engine.state.epoch}: {wait:.1f} s of {total:.1f} s waiting for data "
+            f"({100 * wait / total:.1f}%), {engine.state.epoch_length / total:.2f} it/s"
         )

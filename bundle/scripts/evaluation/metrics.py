@@ -1,5 +1,6 @@
 """Evaluation metrics MONAI does not have: sample diversity (GED, Dice confidence interval), the ensemble curve, and
-HD95 with empty masks handled explicitly.
+HD95 with empty masks handled explicitly. Their Dice and IoU are MONAI's ``compute_dice`` / ``compute_iou`` (as the
+configs' ``DiceMetric`` / ``MeanIoU``), applied to broadcast pairs of masks (:func:`dice_scores`, :func:`iou_scores`).
 
 Conventions (as ``DiceMetric(ignore_empty=False)``): a class absent from both masks scores Dice = IoU = 1 and
 distance 0; absent from exactly one scores 0 (distance 1). Ensembles come as (B, N, *spatial) label maps 0..K (the
@@ -11,11 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric
+from monai.metrics import CumulativeIterationMetric, HausdorffDistanceMetric, compute_dice, compute_iou
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction
 from scipy import stats
@@ -25,18 +27,23 @@ from ..diffusion.fusion import STAPLE_MAX_ITERATIONS, fuse
 logger = logging.getLogger(__name__)
 
 
-def overlap_scores(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dice and IoU of binary masks ``a``, ``b`` (..., *spatial) over the last ``spatial`` dims given as (..., P)."""
-    # not compute_dice / compute_iou (same empty rule): they need equal (B, C, ...) shapes, not broadcast pairs, and
-    # compute_dice loops over cases and classes in Python, too slow for GED's N^2 sample pairs
-    a, b = a.flatten(-1).bool(), b.flatten(-1).bool()
-    inter = (a & b).sum(-1).double()
-    sa, sb = a.sum(-1).double(), b.sum(-1).double()
-    union = sa + sb - inter
-    both_empty = union == 0
-    dice = torch.where(both_empty, torch.ones_like(inter), 2 * inter / (sa + sb).clamp_min(1))
-    iou = torch.where(both_empty, torch.ones_like(inter), inter / union.clamp_min(1))
-    return dice, iou
+def _paired(score: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``score`` (MONAI's ``compute_dice`` or ``compute_iou``, ``ignore_empty=False``) of binary masks ``a``, ``b``
+    (..., K, P) broadcast against each other: (..., K). Booleans: exact pixel counts at one byte per pixel."""
+    a, b = torch.broadcast_tensors(a.bool(), b.bool())
+    lead, (k, p) = a.shape[:-2], a.shape[-2:]
+    out = score(a.reshape(-1, k, p), b.reshape(-1, k, p), include_background=True, ignore_empty=False)
+    return out.reshape(*lead, k)
+
+
+def dice_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dice of binary masks ``a``, ``b`` (..., K, P), broadcast, per class: (..., K) (MONAI's ``compute_dice``)."""
+    return _paired(compute_dice, a, b)
+
+
+def iou_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of binary masks ``a``, ``b`` (..., K, P), broadcast, per class: (..., K) (MONAI's ``compute_iou``)."""
+    return _paired(compute_iou, a, b)
 
 
 def _split(samples: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +66,7 @@ def generalized_energy_distance(samples: torch.Tensor, truths: torch.Tensor) -> 
 
     def mean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (A, K, P), (B, K, P) -> (K,)
         # one row of pairs at a time: memory of (B, K, P), not (A, B, K, P), for large volumes
-        return torch.stack([(1 - overlap_scores(ai[None], b)[1]).mean(0) for ai in a]).mean(0)
+        return torch.stack([(1 - iou_scores(ai, b)).mean(0) for ai in a]).mean(0)
 
     return 2 * mean_distance(s, y) - mean_distance(s, s) - mean_distance(y, y)
 
@@ -123,7 +130,7 @@ class DiceConfidenceIntervalMetric(_PerCaseMetric):
                 )
                 self._warned = True
             return torch.full((samples.shape[0], truth.shape[1]), float("nan"), device=y_pred.device)
-        dice, _ = overlap_scores(samples, truth[:, None])  # (B, N, K)
+        dice = dice_scores(samples, truth[:, None])  # (B, N, K)
         lower, upper = dice_confidence_interval(dice.transpose(0, 1), self.level)
         out = {"width": upper - lower, "lower": lower, "upper": upper}[self.bound]
         return out.float()
@@ -149,8 +156,7 @@ class EnsembleDiceCurveMetric(CumulativeIterationMetric):
                 [torch.from_numpy(fuse(arr[:n], self.method, self.max_iterations)) for n in range(1, arr.shape[0] + 1)]
             ).to(gt.device)
             onehot, truth = _split(fused[None], gt[None])
-            dice, _ = overlap_scores(onehot[0], truth)
-            curves.append(dice.mean(-1))
+            curves.append(dice_scores(onehot[0], truth).mean(-1))
         return torch.stack(curves).float()
 
     def aggregate(self) -> torch.Tensor:

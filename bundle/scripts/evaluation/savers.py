@@ -1,18 +1,28 @@
 """Evaluation handlers: a PNG grid of image / truth / prediction / uncertainty for a person to look at (the best and
-the worst cases), and the ensemble curve (Dice against ensemble size) as a CSV."""
+the worst cases), and the ensemble curve (Dice against ensemble size) as a CSV (the reliability diagram:
+:mod:`.reliability`)."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.visualize import blend_images
 from PIL import Image, ImageDraw
 
 from ..diffusion.fusion import onehot_to_labels
+from .metrics import dice_scores
+
+if TYPE_CHECKING:
+    from matplotlib.colors import ListedColormap
+
+__all__ = ["EnsembleCurveSaver", "OverlayGridSaver", "case_dice"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +42,30 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return (np.moveaxis(img, 0, -1) * 255).astype(np.uint8)
 
 
+@functools.cache
+def _palette_colormap() -> ListedColormap:
+    from matplotlib.colors import ListedColormap  # on first use: importing the module needs no matplotlib
+
+    return ListedColormap(PALETTE / 255, name="label_palette")
+
+
 def _overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    out = rgb.astype(np.float32)
-    for k in range(1, int(labels.max()) + 1):
-        mask = labels == k
-        out[mask] = 0.5 * out[mask] + 0.5 * PALETTE[(k - 1) % len(PALETTE)]
-    return out.astype(np.uint8)
+    """``rgb`` (H, W, 3) uint8 with the label map (H, W) blended in at 50% by MONAI's ``blend_images``, class k in
+    PALETTE colour k (background left as is)."""
+    n = len(PALETTE)
+    # a ListedColormap of n colours maps a value v in (0, 1] to colour int(v * n): class k -> the centre of its colour
+    shade = np.where(labels > 0, ((labels.astype(np.int64) - 1) % n + 0.5) / n, 0.0)[None]
+    image = np.moveaxis(rgb, -1, 0).astype(np.float64) / 255
+    # cmap: MONAI passes it to matplotlib's colormaps.get_cmap, which takes a Colormap as well as a name
+    out = blend_images(image, shade, alpha=0.5, cmap=_palette_colormap(), rescale_arrays=False)
+    return np.moveaxis(np.rint(np.asarray(out) * 255), 0, -1).astype(np.uint8)
 
 
 def case_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over classes of the Dice of one case's one-hot (K, *spatial) masks; a class absent from both scores 1."""
-    scores = []
-    for p, t in zip(pred > 0.5, truth > 0.5, strict=True):
-        total = p.sum() + t.sum()
-        scores.append(1.0 if total == 0 else 2.0 * (p & t).sum() / total)
-    return float(np.mean(scores))
+    """Mean over classes of the Dice (:func:`.metrics.dice_scores`) of one case's one-hot (K, *spatial) masks; a class
+    absent from both scores 1."""
+    masks = [torch.as_tensor(np.asarray(m) > 0.5).flatten(1) for m in (pred, truth)]
+    return float(dice_scores(*masks).mean())
 
 
 class OverlayGridSaver:

@@ -1,12 +1,13 @@
 """Uncertainty that is measured: how well an uncertainty map finds the prediction's own errors
-(error-detection AUROC), how well a foreground probability is calibrated (expected calibration error), and the
-reliability diagram, for the diffusion ensemble and the UNet baseline alike.
+(error-detection AUROC) and how well a foreground probability is calibrated (expected calibration error), for the
+diffusion ensemble and the UNet baseline alike (the UNet's uncertainty map: :mod:`.baseline`; the reliability diagram
+of the calibration: :class:`.reliability.ReliabilityDiagramSaver`).
 
 Inputs, per case (channel-first, any spatial size; volumes are scored whole):
 
 - uncertainty map (1, *spatial): the ensemble's ``uncertainty`` of ``EnsembleFusiond`` (entropy of the members'
   mean foreground probability, maximum over classes) or, for the UNet, the same entropy of its sigmoid probability
-  (:class:`ProbabilityUncertaintyd`);
+  (:class:`.baseline.ProbabilityUncertaintyd`);
 - foreground probability (K, *spatial) per class: the ensemble members' mean (``EnsembleFusiond``'s
   ``probability_key``) or the UNet's sigmoid;
 - prediction and truth as (K, *spatial) one-hot foreground channels.
@@ -20,29 +21,19 @@ left out of the summaries). The pooled statistics are kept on one process (no di
 
 from __future__ import annotations
 
-import csv
-import logging
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from monai.config import KeysCollection
 from monai.metrics import CumulativeIterationMetric
-from monai.transforms import MapTransform
 
-from ..diffusion.fusion import binary_entropy, onehot_to_labels
-
-logger = logging.getLogger(__name__)
+from ..diffusion.fusion import onehot_to_labels
 
 __all__ = [
     "ErrorDetectionAUROC",
     "ExpectedCalibrationError",
-    "ProbabilityUncertaintyd",
-    "ReliabilityDiagramSaver",
     "auroc_from_counts",
     "calibration_bins",
     "ece_from_bins",
@@ -54,13 +45,14 @@ __all__ = [
 
 
 def score_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct score values (ascending) with the number of positive and negative targets at each: an exact, compact
-    summary for the AUROC (an ensemble's uncertainty takes only a few distinct values)."""
+    """Distinct score values (ascending) with the number of positive and negative targets at each: an exact summary
+    for the AUROC, compact where scores tie (an ensemble of hard masks has N + 1 entropy values), up to one entry per
+    pixel for soft members' or a sigmoid's continuous uncertainty."""
     values, inverse = torch.unique(scores.flatten().float(), return_inverse=True)
     pos = targets.flatten().bool()
     n_pos = torch.bincount(inverse[pos], minlength=len(values))
     n_all = torch.bincount(inverse, minlength=len(values))
-    return values, n_pos.int(), (n_all - n_pos).int()  # 12 bytes per distinct value: the pooled AUROC keeps them all
+    return values, n_pos.int(), (n_all - n_pos).int()  # 12 bytes per distinct value, kept for the pooled AUROC
 
 
 def auroc_from_counts(n_pos: torch.Tensor, n_neg: torch.Tensor) -> float:
@@ -125,8 +117,8 @@ class ErrorDetectionAUROC(CumulativeIterationMetric):
 
 def calibration_bins(prob: torch.Tensor, truth: torch.Tensor, num_bins: int = 15) -> torch.Tensor:
     """Per-class bin statistics of probabilities ``prob`` and {0,1} ``truth`` (K, *spatial) over ``num_bins``
-    equal-width bins of [0, 1] (1.0 falls in the last): (K, num_bins, 3) float64 of pixel count, sum of probability,
-    sum of truth."""
+    equal-width bins [k/n, (k+1)/n) of [0, 1] (1.0 falls in the last): (K, num_bins, 3) float64 of pixel count, sum of
+    probability, sum of truth (sums, not MONAI ``calibration_binning``'s means: they pool over cases exactly)."""
     k = prob.shape[0]
     p = prob.reshape(k, -1).double().clamp(0, 1)
     t = truth.reshape(k, -1).double()
@@ -152,6 +144,10 @@ class ExpectedCalibrationError(CumulativeIterationMetric):
 
     The buffer holds the per-case, per-class ECE (B, K); :meth:`aggregate` returns the ECE pooled over all pixels of
     all cases, averaged over classes; :attr:`bins` keeps the pooled (K, num_bins, 3) statistics for the diagram.
+
+    Not MONAI's ``CalibrationErrorMetric``: it averages per-case ECEs instead of pooling the pixels, and its float32
+    edges ``linspace(0, 1 + eps)`` put p = k / num_bins in bin k - 1, not k (a 10-member ensemble's 0.2, 0.4, ... in
+    15 bins); elsewhere its per-case values equal these (tests/test_uncertainty.py).
     """
 
     def __init__(self, num_bins: int = 15) -> None:  # noqa: B042 (a metric, not an exception)
@@ -218,107 +214,3 @@ def from_engine_errors(
         return scores, errors
 
     return transform
-
-
-class ProbabilityUncertaintyd(MapTransform):
-    """Uncertainty map of a per-class probability in ``keys`` (K, *spatial), as ``EnsembleFusiond`` makes it for an
-    ensemble: the binary entropy in bits, maximum over classes, written to ``uncertainty_key`` as (1, *spatial)."""
-
-    def __init__(
-        self, keys: KeysCollection, uncertainty_key: str = "uncertainty", allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.uncertainty_key = uncertainty_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            p = np.clip(_array(d[key]).astype(np.float64), 0, 1)
-            d[self.uncertainty_key] = torch.from_numpy(binary_entropy(p).max(0, keepdims=True).astype(np.float32))
-        return d
-
-
-# ---- reliability diagram ----------------------------------------------------------------------------------------
-
-
-class ReliabilityDiagramSaver:
-    """Writes the reliability diagram of an :class:`ExpectedCalibrationError` metric (pooled over the run's cases) as
-    ``filename`` (PNG, one panel per class: foreground frequency against mean probability per bin, with the pixel
-    share per bin) and its numbers as ``csv_filename`` (class, bin_lower, bin_upper, pixels, mean_probability,
-    foreground_frequency) in ``output_dir``, when the engine completes."""
-
-    def __init__(
-        self,
-        metric: ExpectedCalibrationError,
-        output_dir: str | Path,
-        filename: str = "reliability_diagram.png",
-        csv_filename: str = "reliability.csv",
-        title: str = "",
-    ) -> None:
-        self.metric, self.output_dir = metric, Path(output_dir)
-        self.filename, self.csv_filename, self.title = filename, csv_filename, title
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        bins = self.metric.bins
-        if bins is None:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        num_bins = bins.shape[1]
-        edges = np.linspace(0, 1, num_bins + 1)
-        count, sum_p, sum_t = (x.cpu().numpy() for x in bins.unbind(-1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_p, freq = sum_p / count, sum_t / count
-        with open(self.output_dir / self.csv_filename, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["class", "bin_lower", "bin_upper", "pixels", "mean_probability", "foreground_frequency"])
-            for k in range(bins.shape[0]):
-                for b in range(num_bins):
-                    filled = count[k, b] > 0
-                    writer.writerow(
-                        [
-                            k + 1,
-                            f"{edges[b]:.4f}",
-                            f"{edges[b + 1]:.4f}",
-                            int(count[k, b]),
-                            f"{mean_p[k, b]:.6f}" if filled else "",
-                            f"{freq[k, b]:.6f}" if filled else "",
-                        ]
-                    )
-        self._plot(edges, count, mean_p, freq, self.metric.per_class().tolist())
-        logger.info(f"reliability diagram written to {self.output_dir / self.filename}")
-
-    def _plot(self, edges: np.ndarray, count: np.ndarray, mean_p: np.ndarray, freq: np.ndarray, ece: list) -> None:
-        from matplotlib.figure import Figure  # a Figure without pyplot draws with Agg and changes no global state
-
-        k = count.shape[0]
-        fig = Figure(figsize=(4 * k, 5))
-        axes = fig.subplots(2, k, squeeze=False, gridspec_kw={"height_ratios": [3, 1]})
-        width = edges[1] - edges[0]
-        for c in range(k):
-            top, bottom = axes[0, c], axes[1, c]
-            filled = count[c] > 0
-            top.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="calibrated")
-            top.bar(
-                edges[:-1][filled],
-                freq[c][filled],
-                width=width,
-                align="edge",
-                alpha=0.6,
-                edgecolor="k",
-                label="foreground frequency",
-            )
-            top.plot(mean_p[c][filled], freq[c][filled], "o-", color="C3", ms=3, label="(mean probability, frequency)")
-            top.set(xlim=(0, 1), ylim=(0, 1), ylabel="foreground frequency", title=f"class {c + 1}: ECE {ece[c]:.4f}")
-            top.legend(loc="upper left", fontsize=7)
-            share = count[c] / max(count[c].sum(), 1)
-            bottom.bar(edges[:-1][filled], share[filled], width=width, align="edge", color="grey", edgecolor="k")
-            bottom.set(xlim=(0, 1), yscale="log", xlabel="predicted foreground probability", ylabel="pixel share")
-            if filled.any():
-                bottom.set_ylim(share[filled].min() / 2, 1)
-        if self.title:
-            fig.suptitle(self.title)
-        fig.tight_layout()
-        fig.savefig(self.output_dir / self.filename, dpi=100)

@@ -59,7 +59,11 @@ def architecture(preset: str | None, **sizes: Any) -> Architecture:
 
 
 class MedSegDiffV2(nn.Module):
-    """eps_theta(x_t, I, t) = D(TransF(E^I, E^x), t) (eq. 2) with U-SA anchor condition (eq. 4-5) and SS-Former.
+    """D(TransF(E^I, E^x), t) (eq. 2) with U-SA anchor condition (eq. 4-5) and SS-Former.
+
+    The output has one channel per mask channel. The paper reads it as the noise eps_theta(x_t, I, t); the bundle's
+    configs train and sample it as the clean mask x0 (-1 background, 1 foreground; ``prediction_type: sample``). The
+    loss and the scheduler decide which (eps, x0 or v); the network is the same.
 
     Args:
         in_channels: image channels (1 for CT/MR, 3 for RGB).
@@ -76,6 +80,8 @@ class MedSegDiffV2(nn.Module):
         anchor_residual: also add a zero-initialised 1x1 projection of f_anc to f_d'. Not in the paper.
         concat_anchor: feed the Condition Model's anchor probabilities to the denoiser next to x_t (the authors'
             released code concatenates the image instead). Not in the paper.
+        self_condition: feed the previous x0 estimate to the denoiser next to x_t (self-conditioning, Chen et al.,
+            "Analog Bits", 2022; zeros when there is none). Not in the paper.
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class MedSegDiffV2(nn.Module):
         anchor_gates: str = "single",
         anchor_residual: bool = False,
         concat_anchor: bool = False,
+        self_condition: bool = False,
         **sizes: Any,
     ) -> None:
         super().__init__()
@@ -112,8 +119,8 @@ class MedSegDiffV2(nn.Module):
             in_channels, out_channels, cfg.cond_channels, cfg.num_res_blocks, dropout, gradient_checkpointing
         )
         self.time_embed = TimestepEmbedding(ch[0], emb_dim)
-        self.concat_anchor = concat_anchor
-        self.stem = nn.Conv2d(out_channels * (2 if concat_anchor else 1), ch[0], 3, padding=1)
+        self.concat_anchor, self.self_condition = concat_anchor, self_condition
+        self.stem = nn.Conv2d(out_channels * (1 + concat_anchor + self_condition), ch[0], 3, padding=1)
         anchor_ch = cfg.cond_channels[0]
         anchor_cls = {"none": None, "sa": SpatialAttention, "usa": USA}[anchor]
         gates = out_channels if anchor_gates == "per_class" else 1
@@ -184,11 +191,14 @@ class MedSegDiffV2(nn.Module):
         image: torch.Tensor | None = None,
         condition: ConditionOutput | None = None,
         with_anchor: bool = False,
+        x_self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Predicts the noise in ``x`` (the noisy mask x_t) given the image or its cached ``condition``.
+        """The denoiser's prediction for ``x`` (the noisy mask x_t, (B, K, H, W)), given the image or its cached
+        ``condition``: (B, K, H, W), x0 with the configs' ``prediction_type: sample`` (eps or v if trained so).
 
         ``with_anchor=True`` also returns the Condition Model's anchor logits (for the anchor loss of eq. 3), so that
-        training runs through one ``forward`` call, as DistributedDataParallel requires.
+        training runs through one ``forward`` call, as DistributedDataParallel requires. ``x_self_cond``: the previous
+        x0 estimate (B, K, H, W) for a ``self_condition`` network (``None``: zeros); ignored otherwise.
         """
         self._check(x, self.out_channels, "x (noisy mask)")
         if condition is None:
@@ -202,8 +212,12 @@ class MedSegDiffV2(nn.Module):
                 "use condition.repeat_interleave(n) to run n ensemble members per image."
             )
         emb = self.time_embed(self._timesteps(timesteps, x.shape[0], x.device))
-        x_in = torch.cat([x, torch.sigmoid(condition.anchor_logits).to(x.dtype)], 1) if self.concat_anchor else x
-        f_d = self.stem(x_in)  # f_d^0
+        parts = [x]
+        if self.concat_anchor:
+            parts.append(torch.sigmoid(condition.anchor_logits).to(x.dtype))
+        if self.self_condition:
+            parts.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
+        f_d = self.stem(torch.cat(parts, 1) if len(parts) > 1 else x)  # f_d^0
         if self.anchor_condition is not None:
             f_d = self.anchor_condition(f_d, condition.feature)  # f_d'^0 (eq. 5)
         e, skips = self.trunk.encode(f_d, emb)

@@ -2,7 +2,7 @@
 
 MONAI wraps every exception raised while a config is parsed or run in ``RuntimeError: Failed to evaluate
 ConfigExpression`` / ``Failed to instantiate component``, so the bundle's clear message ends up in the middle of a long
-traceback. :func:`install_error_summary` (called by ``scripts.runtime.cli.check_cli_overrides``, the first
+traceback. :func:`install_error_summary` (called by ``scripts.runtime.cli.check_command_line``, the first
 ``initialize`` step of every config) adds a hook that, after Python's usual traceback, prints one final line for every
 failure: ``ERROR: <file or key>: <problem>``: the message of the :class:`BundleError` that caused it, else the file
 and reason of an ``OSError`` (disk full, read-only file system, permission), else the component and the root cause.

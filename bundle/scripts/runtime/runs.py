@@ -122,7 +122,7 @@ def _same(a: Any, b: Any) -> bool:
 def command_for(bundle_root: str | Path, configs: Sequence[str], settings: Mapping[str, Any]) -> str:
     """The ``monai.bundle run`` command (run from ``bundle_root``) with ``configs`` (relative to ``bundle_root``) and
     an override for each of ``settings`` that those configs define with another default (a key they do not define
-    cannot matter to them, and ``check_cli_overrides`` would reject it)."""
+    cannot matter to them, and ``check_command_line`` would reject it)."""
     root = Path(bundle_root).resolve()
     parser = ConfigParser()
     parser.read_config([str(root / c) for c in configs])

@@ -1,8 +1,9 @@
 """Export MedSegDiff-V2 with ``torch.export`` (TorchScript cannot script or trace it in torch 2.13): two programs,
 
 - ``condition.pt2``: image (B, C, H, W) -> (anchor_logits, feature, embedding), the Condition Model, run once per image;
-- ``denoiser.pt2``: (x (B, K, H, W), timesteps (1,) float, anchor_logits, feature, embedding) -> eps (B, K, H, W),
-  one sampling step for every member of a batch sharing the timestep.
+- ``denoiser.pt2``: (x (B, K, H, W), timesteps (1,) float, anchor_logits, feature, embedding) -> the denoiser's
+  prediction (B, K, H, W), x0 for the shipped weights (``prediction_type: sample``), one sampling step for every member
+  of a batch sharing the timestep.
 
 The batch is dynamic (ensemble members, slices); H = W = the config's ``roi_size`` is fixed (the SS-Former's
 frequency grid specialises it), as inference resizes every image to it. Run from the bundle root, with the configs
@@ -87,6 +88,8 @@ def export_programs(net: MedSegDiffV2, roi_size: int) -> dict[str, torch.export.
     net = net.eval().cpu()
     if roi_size % net.size_divisor:
         raise ValueError(f"roi_size {roi_size} is not a multiple of the network's total stride {net.size_divisor}.")
+    if net.self_condition:  # the exported denoiser has no input for the previous x0 estimate
+        raise ValueError("export does not support self_condition networks yet: sample them with inference.yaml.")
     batch = {0: Dim("batch", min=1, max=4096)}
     image = torch.randn(2, net.in_channels, roi_size, roi_size)  # batch 2: size 1 would be specialised
     x = torch.randn(2, net.out_channels, roi_size, roi_size)

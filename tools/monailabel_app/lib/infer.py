@@ -140,8 +140,8 @@ class MedSegDiffInfer(BasicInferTask):
     def _pipeline(self, data: dict[str, Any]) -> dict[str, Any]:
         """preprocessing, inferer and postprocessing parsed with the request's settings (one parse per settings, so
         that postprocessing's Invertd inverts the very preprocessing instance that ran)."""
-        from scripts.runtime.checks import check_settings
         from scripts.runtime.errors import BundleError
+        from scripts.runtime.settings import check_config
 
         options = self.options(data)
         key = json.dumps(options, sort_keys=True, default=str)
@@ -150,7 +150,7 @@ class MedSegDiffInfer(BasicInferTask):
             for k, v in options.items():
                 parser[k] = v
             try:
-                check_settings(parser.get_parsed_content("checked_settings"))
+                check_config(parser)
             except BundleError as e:
                 raise HTTPException(status_code=422, detail=str(e)) from e
             parts = {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}
