@@ -80,3 +80,30 @@ def cpu_model() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def add_weights_arguments(ap: argparse.ArgumentParser, overlays: list[str], cases: int) -> None:
+    """The arguments of a script that scores trained weights on a datalist section: ``--weights``, ``--overlays``
+    (configs after train.yaml), ``--dataset_dir``, ``--datalist``, ``--split``, ``--cases`` (0: all), ``--json``."""
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--overlays", nargs="*", default=overlays)
+    ap.add_argument("--dataset_dir", required=True)
+    ap.add_argument("--datalist", required=True)
+    ap.add_argument("--split", default="validation", choices=["validation", "test"])
+    ap.add_argument("--cases", type=int, default=cases, help="the first N cases of the split (0: all)")
+    ap.add_argument("--json", type=Path)
+
+
+def trained_network(args: argparse.Namespace, overrides: Mapping[str, Any] | None = None) -> tuple[ConfigParser, Any]:
+    """train.yaml + ``args.overlays`` prepared as validation prepares ``args.split`` (one case per batch, no cache),
+    and its network in eval mode with the weights of ``args.weights`` (``{"model": state}``, ``{"ema": ...}`` or a
+    bare state dict). Call after ``absolute_paths(args, "weights", "dataset_dir", "datalist", "json")``."""
+    import torch
+
+    settings = {"dataset_dir": args.dataset_dir, "datalist": args.datalist, "validate#split": args.split}
+    settings.update({"validate#dataloader#batch_size": 1, "cache_rate": 0.0, **(overrides or {})})
+    parser = bundle_config(["train.yaml", *args.overlays], settings)
+    net = parser.get_parsed_content("network_def").eval()
+    state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    net.load_state_dict(state.get("ema", state.get("model", state)))
+    return parser, net

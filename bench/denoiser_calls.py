@@ -8,19 +8,18 @@ volumes' slices are sampled the same way, one slice at a time. Select on ``--spl
 
     python bench/denoiser_calls.py --weights bundle/models/model.pt --overlays weights/isic_128.yaml \
         --dataset_dir ../shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
-        --split validation --json calls.json
+        --split validation --runs ddpm:1 ddpm:2 ddpm:5 ddpm:10 ddim:2 ddim:10 ddpm:2@400 --json calls.json
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import absolute_paths, arg_parser, bundle_config, cpu_model, use_bundle
+from common import absolute_paths, add_weights_arguments, arg_parser, cpu_model, trained_network, use_bundle
 
 use_bundle()
 
@@ -46,38 +45,27 @@ def staple_with_prior(members: np.ndarray, anchor: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = arg_parser(__doc__)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--overlays", nargs="*", default=["weights/isic_128.yaml"])
-    ap.add_argument("--dataset_dir", required=True)
-    ap.add_argument("--datalist", required=True)
-    ap.add_argument("--split", default="validation", choices=["validation", "test"])
-    ap.add_argument("--cases", type=int, default=0, help="the first N cases of the split (0: all)")
-    ap.add_argument("--samplers", nargs="+", default=["ddpm", "ddim"], choices=sorted(SAMPLERS))
-    ap.add_argument("--anchor_starts", nargs="*", type=int, default=[400], help="sample_start_t values (DDPM)")
+    add_weights_arguments(ap, overlays=["weights/isic_128.yaml"], cases=0)
+    ap.add_argument(
+        "--runs",
+        nargs="+",
+        default=["ddpm:1", "ddpm:2", "ddpm:3", "ddpm:5", "ddpm:10", "ddim:1", "ddim:2", "ddim:3", "ddim:5", "ddim:10"]
+        + ["ddpm:2@400", "ddpm:5@400"],
+        help="sampler:steps[@start_t] sampled with 10 members per case (@start_t: anchor-initialised start)",
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. patch_size=2")
-    ap.add_argument("--json", type=Path)
     args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist", "json")
     overrides = {k: json.loads(v) if v[:1] in "0123456789[{tfn-" else v for k, v in (s.split("=", 1) for s in args.set)}
-    parser = bundle_config(
-        ["train.yaml", *args.overlays],
-        {
-            "dataset_dir": args.dataset_dir,
-            "datalist": args.datalist,
-            "validate#dataloader#batch_size": 1,
-            "cache_rate": 0.0,
-            "validate#split": args.split,
-            **overrides,
-        },
-    )
     torch.manual_seed(0)
-    net = parser.get_parsed_content("network_def").eval()
-    state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("model", state))
+    parser, net = trained_network(args, overrides)
     k, t_train = net.out_channels, int(parser.get_parsed_content("num_train_timesteps"))
     prediction_type = parser.get_parsed_content("prediction_type")
     members_max = max(m for m, _ in GRID)
-    runs = [(s, n, None) for s in args.samplers for n in sorted({s for _, s in GRID})]
-    runs += [("ddpm", n, t) for t in args.anchor_starts for n in (2, 5)]
+    runs = []
+    for spec in args.runs:
+        sampler, _, rest = spec.partition(":")
+        steps, _, start = rest.partition("@")
+        runs.append((sampler, int(steps), int(start) if start else None))
     scores: dict[str, list[float]] = {}
     calls: dict[str, int] = {}
 
@@ -123,6 +111,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "seconds": round(time.perf_counter() - t0),
         "rows": {name: {"calls": calls[name], "dice": round(float(np.mean(scores[name])), 4)} for name in rows},
+        "per_case": {name: [round(v, 5) for v in scores[name]] for name in rows},
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

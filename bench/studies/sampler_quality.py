@@ -21,7 +21,7 @@ from monai.networks.schedulers import DDIMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for its shared set-up
 
-from common import absolute_paths, arg_parser, bundle_config, use_bundle  # noqa: E402
+from common import absolute_paths, add_weights_arguments, arg_parser, trained_network, use_bundle  # noqa: E402
 
 use_bundle()
 
@@ -42,33 +42,16 @@ def dice(pred: np.ndarray, gt: np.ndarray, k: int) -> float:
 
 def main() -> None:
     ap = arg_parser(__doc__)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--overlays", nargs="*", default=["quick.yaml"])
-    ap.add_argument("--dataset_dir", required=True)
-    ap.add_argument("--datalist", required=True)
-    ap.add_argument("--cases", type=int, default=32)
+    add_weights_arguments(ap, overlays=["quick.yaml"], cases=32)
     ap.add_argument("--ensemble", type=int, default=10)
     ap.add_argument("--settings", nargs="+", default=["ddpm:100", "ddim:5", "ddim:10", "ddim:20"])
     ap.add_argument("--fusion", default="staple")
-    ap.add_argument("--json", type=Path)
     args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist", "json")
-
-    parser = bundle_config(
-        ["train.yaml", *args.overlays],
-        {
-            "dataset_dir": args.dataset_dir,
-            "datalist": args.datalist,
-            "validate#dataloader#batch_size": 1,
-            "cache_rate": 0.0,
-        },
-    )
-    net = parser.get_parsed_content("network_def").eval()
-    state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("ema", state.get("model", state)))
+    parser, net = trained_network(args)
     k = net.out_channels
     cases = []
     for i, batch in enumerate(parser.get_parsed_content("validate#dataloader")):
-        if i >= args.cases:
+        if args.cases and i >= args.cases:
             break
         cases.append((batch["image"], onehot_to_labels(batch["label"][0].numpy(), 0)))
     results = {"weights": args.weights, "cases": len(cases), "ensemble": args.ensemble, "fusion": args.fusion}

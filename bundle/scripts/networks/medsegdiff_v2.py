@@ -223,5 +223,5 @@ class MedSegDiffV2(nn.Module):
         e, skips = self.trunk.encode(f_d, emb)
         if self.semantic_condition is not None:
             e = self.semantic_condition(condition.embedding, e, emb)  # TransF(E^I, E^x)
-        eps = self.out(self.trunk.decode(e, skips, emb))  # D(., t)
-        return (eps, condition.anchor_logits) if with_anchor else eps
+        out = self.out(self.trunk.decode(e, skips, emb))  # D(., t)
+        return (out, condition.anchor_logits) if with_anchor else out

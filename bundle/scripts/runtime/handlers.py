@@ -8,7 +8,7 @@ import time
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar, TimeLimit
+from ignite.handlers import ProgressBar
 from monai.handlers import from_engine
 
 __all__ = ["LossProgressBar", "WallClockBudget"]
@@ -26,38 +26,35 @@ class LossProgressBar(ProgressBar):
         super().attach(engine, output_transform=lambda output: {"loss": from_engine(["loss"], first=True)(output)})
 
 
-class WallClockBudget(TimeLimit):
-    """Ignite's :class:`~ignite.handlers.TimeLimit` checked at epoch ends: stops training at the first epoch end after
-    ``seconds`` of wall-clock time (``None``: no budget), after a last validation when ``validator`` is given and has
-    not run at that epoch; checkpoints of that epoch are written by the handlers listed before this one. For training
-    runs compared under the same time budget.
+class WallClockBudget:
+    """Stops training at the first epoch end after ``seconds`` of wall-clock time (``None``: no budget), after a last
+    validation when ``validator`` is given and has not run at that epoch; checkpoints of that epoch are written by the
+    handlers listed before this one. For training runs compared under the same time budget.
 
-    Kept beyond TimeLimit, which lacks them: the clock starts when training starts (TimeLimit's at construction, before
-    the data are cached), any budget >= 0 s (TimeLimit: a positive int), every rank of a distributed run stops at the
-    same epoch, and the last validation. The budget is per run, not resume-aware: a resumed run gets it afresh.
-    """
+    Not ignite's ``TimeLimit``, whose rule differs: its clock starts when it is built (before the data are cached), it
+    takes a positive whole number of seconds, and it terminates without the last validation or a common epoch for
+    every rank of a distributed run."""
 
     def __init__(self, seconds: float | None, validator: Engine | None = None) -> None:
-        super().__init__(limit_sec=1)  # TimeLimit's check refuses 0 and fractions: the limit is set below
-        self.limit_sec: float | None = seconds  # type: ignore[assignment]
-        self.validator = validator
+        self.seconds, self.validator = seconds, validator
+        self._start = 0.0
 
     def attach(self, engine: Engine) -> None:
-        if self.limit_sec is None:
+        if self.seconds is None:
             return
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
-        self.start_time = time.time()
+        self._start = time.perf_counter()
 
     def __call__(self, engine: Engine) -> None:
-        elapsed = time.time() - self.start_time
+        elapsed = time.perf_counter() - self._start
         # all ranks of a distributed run stop at the same epoch, as soon as one of them is past the budget
-        if idist.all_reduce(float(elapsed >= self.limit_sec), op="MAX") == 0:
+        if idist.all_reduce(float(elapsed >= self.seconds), op="MAX") == 0:
             return
         logger.info(
-            f"time budget of {self.limit_sec:g} s reached after {elapsed:.0f} s (epoch {engine.state.epoch}, "
+            f"time budget of {self.seconds:g} s reached after {elapsed:.0f} s (epoch {engine.state.epoch}, "
             f"iteration {engine.state.iteration}): stopping"
         )
         if self.validator is not None and self.validator.state.epoch != engine.state.epoch:
