@@ -4,6 +4,9 @@ from any working directory with --bundle_root."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,3 +104,28 @@ def test_each_weights_overlay_trains_and_evaluates_its_shipped_weights(
         parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
         parsed[name] = {k: parser.get_parsed_content(k) for k in ("preset", "roi_size", "patch_size")}
     assert parsed["train"] == parsed["inference"] == parsed["quick"]
+
+
+@pytest.mark.slow
+def test_importing_scripts_imports_every_module_and_every_config_name_resolves(bundle_root: Path) -> None:
+    """``import scripts`` (in a fresh interpreter) loads every module of the stage folders, so that each
+    ``scripts.<stage>.<module>.<name>`` of a config resolves: a ``$`` expression does not import on its own."""
+    root = bundle_root / "scripts"
+    modules = sorted(
+        "scripts." + ".".join(p.relative_to(root).with_suffix("").parts)
+        for p in root.rglob("*.py")
+        if p.name != "__init__.py"
+    )
+    names = set()
+    for config in (bundle_root / "configs").rglob("*.yaml"):
+        names |= set(re.findall(r"\bscripts(?:\.[A-Za-z_]\w*)+", config.read_text()))
+    assert len(modules) > 30 and len(names) > 20
+    code = (
+        "import functools, sys, scripts\n"
+        f"missing = [m for m in {modules!r} if m not in sys.modules]\n"
+        f"unresolved = [n for n in {sorted(names)!r} if functools.reduce("
+        "lambda o, a: getattr(o, a, None), n.split('.')[1:], scripts) is None]\n"
+        "print(missing, unresolved)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=bundle_root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []", out.stdout + out.stderr
