@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +13,7 @@ from torch import nn
 
 from ..data.transforms import stack_context
 from ..networks.unet import ConditionOutput
-from .training import unwrap
+from .training import autocast, unwrap
 
 # flip_members: the flip of member j is FLIPS[j % 4] (none, horizontal, vertical, both), over the last two axes
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -105,11 +104,6 @@ class DiffusionSegmentationInferer(Inferer):
             kwargs["eta"] = self.eta
         return kwargs
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
-
     def _timesteps(self) -> torch.Tensor:
         timesteps = self.scheduler.timesteps
         if self.start_t is None:
@@ -126,7 +120,7 @@ class DiffusionSegmentationInferer(Inferer):
         if self.memory_format == torch.channels_last:
             net.to(memory_format=torch.channels_last)
             image = image.contiguous(memory_format=torch.channels_last)
-        with self._autocast(image.device):
+        with autocast(image.device, self.autocast_dtype):
             return net.condition(image)
 
     def member_flips(self) -> list[tuple[int, ...]]:
@@ -173,7 +167,7 @@ class DiffusionSegmentationInferer(Inferer):
         self_condition = getattr(net, "self_condition", False)  # it gets the previous step's x0 estimate
         extra: dict[str, torch.Tensor] = {}
         for t in timesteps:
-            with self._autocast(image.device):
+            with autocast(image.device, self.autocast_dtype):
                 out = net(x, t, condition=condition, **extra)
             x, x0 = self.scheduler.step(out.float(), int(t), x, **step_kwargs)
             if self_condition:

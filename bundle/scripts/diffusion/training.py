@@ -18,6 +18,11 @@ from torch import nn
 SELF_CONDITION_SHARE = 0.5  # share of the batches trained with an x0 estimate as input (Chen et al. 2022)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type (``None``: no autocast)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def unwrap(network: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel/DataParallel wrapper (or the module itself)."""
     return getattr(network, "module", network)
@@ -149,17 +154,12 @@ class SegDiffusionTrainingInferer(Inferer):
         self.recycling = recycling
         self.warmup = False
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
-
     @torch.no_grad()
     def recycled_x0(self, inputs: torch.Tensor, network: nn.Module, x0: torch.Tensor) -> torch.Tensor:
         """The denoiser's x0 estimate from the true mask noised to the last training timestep (no gradient)."""
         last = torch.full((x0.shape[0],), self.scheduler.num_train_timesteps - 1, device=x0.device, dtype=torch.long)
         x_last = self.scheduler.add_noise(original_samples=x0, noise=torch.randn_like(x0), timesteps=last)
-        with self._autocast(inputs.device):
+        with autocast(inputs.device, self.autocast_dtype):
             out = network(x_last, last, image=inputs)
         return predicted_x0(self.scheduler, out.float(), x_last, last)
 
@@ -168,7 +168,7 @@ class SegDiffusionTrainingInferer(Inferer):
         self, inputs: torch.Tensor, network: nn.Module, x_t: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """The denoiser's x0 estimate at (x_t, t) without self-conditioning input (no gradient)."""
-        with self._autocast(inputs.device):
+        with autocast(inputs.device, self.autocast_dtype):
             out = network(x_t, timesteps, image=inputs)
         return predicted_x0(self.scheduler, out.float(), x_t, timesteps)
 
@@ -176,7 +176,7 @@ class SegDiffusionTrainingInferer(Inferer):
         self, inputs: torch.Tensor, network: nn.Module, mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         if self.warmup:
-            with self._autocast(inputs.device):
+            with autocast(inputs.device, self.autocast_dtype):
                 anchor = unwrap(network).condition(inputs).anchor_logits
             return {"anchor": anchor.float(), "timesteps": timesteps}
         x0 = mask.float() * 2 - 1
@@ -188,7 +188,7 @@ class SegDiffusionTrainingInferer(Inferer):
         extra = {}  # a self_condition network gets the x0 estimate in SELF_CONDITION_SHARE of the batches
         if getattr(unwrap(network), "self_condition", False) and torch.rand(()).item() < SELF_CONDITION_SHARE:
             extra["x_self_cond"] = self.estimated_x0(inputs, network, x_t, timesteps)
-        with self._autocast(inputs.device):
+        with autocast(inputs.device, self.autocast_dtype):
             prediction, anchor = network(x_t, timesteps, image=inputs, with_anchor=True, **extra)
         return {
             "prediction": prediction.float(),
