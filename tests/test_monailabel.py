@@ -274,7 +274,12 @@ def test_replaced_weights_are_refused_over_http(bundle_root: Path, studies: dict
     """A copy of the bundle served by another server: its models/model.pt overwritten by model_hippocampus.pt (the
     copy's large_files.yml records model.pt's sha256) stops being served, with the reason."""
     bundle = tmp_path / "bundle"
-    shutil.copytree(bundle_root, bundle, ignore=shutil.ignore_patterns("data", "runs", "eval", "docs", "__pycache__"))
+
+    def ignore(folder: str, names: list[str]) -> set[str]:  # the root's data and docs (not scripts/data), outputs
+        top = {"data", "docs"} if Path(folder) == bundle_root else set()
+        return {n for n in names if n in top | {"runs", "eval", "__pycache__"}}
+
+    shutil.copytree(bundle_root, bundle, ignore=ignore)
     args = ["--app", str(APP), "--studies", str(studies["path"]), "--conf", "bundle", str(bundle)]
     proc, url, log = _start([*args, "--conf", "models", MODEL_2D], tmp_path)
     try:
