@@ -128,6 +128,7 @@ def test_cli_from_the_bundle_root(bundle_cli: BundleCLI, net: MedSegDiffV2, tmp_
         str(tmp_path),
     ]
     cmd += ["--config_file", "['configs/inference.yaml','configs/inference_volume.yaml']", "--roi_size", str(ROI)]
+    cmd += ["--context_slices", "0"]  # the 1-channel test network (the volume default is 2.5D: 3 channels)
     for k, v in TINY_NET.items():
         cmd += [f"--network_def#{k}", str(v)]
     run = bundle_cli.python(*cmd, timeout=300)

@@ -272,8 +272,13 @@ def test_3d_inference_keeps_shape_spacing_affine_and_orientation(
 ) -> None:
     vol = _non_ras_volume(bundle_root, tmp_path / "case.nii.gz")
     ckpt = save_weights(tmp_path / "model.pt", 1, 2)
-    run_inference(
-        bundle_workflow, tmp_path, "inference_volume.yaml", input=str(tmp_path / "case.nii.gz"), ckpt_path=str(ckpt)
+    run_inference(  # a plain 2D slice network (context_slices 0), sampled slice by slice
+        bundle_workflow,
+        tmp_path,
+        "inference_volume.yaml",
+        input=str(tmp_path / "case.nii.gz"),
+        ckpt_path=str(ckpt),
+        context_slices=0,
     )
     seg = nib.load(tmp_path / "out" / "case_seg.nii.gz")
     unc = nib.load(tmp_path / "out" / "case_uncertainty.nii.gz")
@@ -310,7 +315,9 @@ def test_dicom_series_in_gives_nifti_out(
         writer.SetFileName(str(series / f"{z:03d}.dcm"))
         writer.Execute(sl)
     ckpt = save_weights(tmp_path / "model.pt", 1, 2)
-    run_inference(bundle_workflow, tmp_path, "inference_volume.yaml", input=str(series), ckpt_path=str(ckpt))
+    run_inference(
+        bundle_workflow, tmp_path, "inference_volume.yaml", input=str(series), ckpt_path=str(ckpt), context_slices=0
+    )
     outs = list((tmp_path / "out").glob("*_seg.nii.gz"))
     assert len(outs) == 1
     assert nib.load(outs[0]).shape == tuple(src.GetSize())
