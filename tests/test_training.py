@@ -46,7 +46,8 @@ def test_3d_multiclass_volumes_are_sliced_and_validated_as_volumes(
 ) -> None:
     wf = train_workflow(tmp_path, "quick.yaml", "volume.yaml", batch_size=2, slices_per_volume=2)
     batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
-    assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
+    # 2.5D by default for volumes (context_slices 1): the slice and its two neighbours as channels
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
     val = next(iter(wf.parser.get_parsed_content("validate#dataloader")))
     assert val["image"].ndim == 5 and val["label"].shape[1] == 2  # whole volume, one-hot
     rec = run_recording(wf)
