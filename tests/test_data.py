@@ -324,7 +324,8 @@ def test_3d_chain_with_cache_dataset(demo_data: Path, monkeypatch: pytest.Monkey
     seen = []
     for _ in range(2):  # two epochs: random crops run on the cached volumes
         for batch in DataLoader(dataset, batch_size=4, collate_fn=list_data_collate):
-            assert batch["image"].shape[1:] == (1, roi, roi) and batch["label"].shape[1:] == (2, roi, roi)
+            # 2.5D by default: the slice and its two neighbours as channels
+            assert batch["image"].shape[1:] == (3, roi, roi) and batch["label"].shape[1:] == (2, roi, roi)
             seen.append(batch["label"])
     assert len(reads) == 2 * len(cases)
     labels = torch.cat(seen)
@@ -396,7 +397,7 @@ def test_dicom_series_folder(demo_data: Path, tmp_path: Path) -> None:
     expect_error("dicom_148", "is a 3D volume", [{"image": "dicom_148", "label": str(label)}], tmp_path, 2, 2)
     parser = build_config(tmp_path, VOLUME, roi_size=32, fg_ratio=0.5, slices_per_volume=2)
     crops = parser.get_parsed_content("train#preprocessing")(cases[0])
-    assert [tuple(c["image"].shape) for c in crops] == [(1, 32, 32)] * 2
+    assert [tuple(c["image"].shape) for c in crops] == [(3, 32, 32)] * 2  # the slice and its neighbours (2.5D)
     assert [tuple(c["label"].shape) for c in crops] == [(2, 32, 32)] * 2
 
 
