@@ -169,13 +169,15 @@ def test_label_names_of_the_2d_model_are_those_of_the_bundle_metadata(bundle_roo
 
 
 @pytest.mark.slow
-def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(server: dict) -> None:
+def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(server: dict, bundle_root: Path) -> None:
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
     image, volume = info["models"][MODEL_2D], info["models"][MODEL_3D]
     assert image["labels"] == {"lesion": 1} and image["dimension"] == 2 and image["type"] == "segmentation"
     assert volume["labels"] == {"anterior": 1, "posterior": 2} and volume["dimension"] == 3
     # the request settings a client may change, with inference.yaml's defaults
-    assert image["config"]["num_inference_steps"] == 10 and image["config"]["ensemble_size"] == 10
+    defaults = yaml.safe_load((bundle_root / "configs" / "inference.yaml").read_text())
+    assert image["config"]["num_inference_steps"] == defaults["num_inference_steps"]
+    assert image["config"]["ensemble_size"] == defaults["ensemble_size"]
     assert "uncertainty" in info["strategies"] and "uncertainty" in info["scoring"]
 
 
