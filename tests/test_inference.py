@@ -197,6 +197,46 @@ def test_soft_members_are_fused_as_masks_and_keep_their_probability() -> None:
     assert unc[2].max() == 0 and unc[3] == pytest.approx(0.9928, abs=1e-3)  # H(0.45)
 
 
+def test_anchor_weight_mixes_the_anchor_probability_into_the_uncertainty_only() -> None:
+    """``anchor_weight``: the last K channels are the anchor probability; the uncertainty is the entropy of the mix,
+    while the fused mask and the probability come from the members alone."""
+    members = np.zeros((2, 1, 4, 4), np.float32)
+    members[:, 0, :2] = 0.9  # members sure of the top half
+    anchor = np.full((1, 4, 4), 0.5, np.float32)  # the anchor unsure everywhere
+    pred = torch.as_tensor(np.concatenate([members.reshape(2, 4, 4), anchor]))
+    out = EnsembleFusiond("pred", ensemble_size=2, method="vote", probability_key="prob", anchor_weight=0.5)(
+        {"pred": pred}
+    )
+    assert (np.asarray(out["pred"][0])[:2] == 1).all() and (np.asarray(out["pred"][0])[2:] == 0).all()
+    np.testing.assert_allclose(np.asarray(out["prob"]), members.mean(0), atol=1e-6)
+    unc = np.asarray(out["uncertainty"][0])
+    assert unc[:2] == pytest.approx(0.8813, abs=1e-3)  # H(0.5 * 0.5 + 0.5 * 0.9) = H(0.7) in bits; members: H(0.9)
+    assert unc[2:] == pytest.approx(0.8113, abs=1e-3)  # H(0.5 * 0.5 + 0.5 * 0) = H(0.25); the members alone: 0
+    with pytest.raises(ValueError, match="the anchor probability"):
+        EnsembleFusiond("pred", ensemble_size=2, anchor_weight=0.5)({"pred": torch.zeros(4, 4, 4)})
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 1, 32, 32, 3)])
+def test_inferer_appends_the_anchor_probability_after_the_members(shape: tuple[int, ...]) -> None:
+    """``anchor_probability``: the output is the members (N*K channels, unchanged) and then sigmoid(anchor logits),
+    for 2D images and for volumes (slice by slice)."""
+    net = tiny_net(1, 2)
+    image = torch.rand(shape)
+    sched = DDIMScheduler(20, schedule="linear_beta", prediction_type="sample")
+    plain = DiffusionSegmentationInferer(sched, 2, ensemble_size=3, fusion="samples", seed=0)
+    mixed = DiffusionSegmentationInferer(sched, 2, ensemble_size=3, fusion="samples", seed=0, anchor_probability=True)
+    a, b = plain(image, net), mixed(image, net)
+    assert b.shape[1] == 3 * 2 + 2
+    torch.testing.assert_close(b[:, :6], a)
+    slices = image.movedim(-1, 1).flatten(0, 1) if image.ndim == 5 else image  # (slices, C, H, W)
+    with torch.no_grad():
+        anchor = torch.sigmoid(net.condition(slices).anchor_logits)
+    expected = anchor.unflatten(0, (1, -1)).movedim(1, -1) if image.ndim == 5 else anchor
+    torch.testing.assert_close(b[:, 6:], expected)
+    with pytest.raises(ValueError, match="anchor_probability needs fusion='samples'"):
+        DiffusionSegmentationInferer(sched, 2, fusion="mean", anchor_probability=True)
+
+
 def _islands(num_classes: int) -> torch.Tensor:
     """A label map: each class a large blob plus a 1-pixel island far from it."""
     labels = torch.zeros(1, 16, 16)

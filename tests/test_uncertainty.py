@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.metrics import CalibrationErrorMetric, compute_roc_auc
+from monai.transforms import GaussianSmooth
 from PIL import Image
 from tiny_config import TINY_EVAL
 
+from scripts.diffusion.fusion import binary_entropy
 from scripts.evaluation.baseline import ProbabilityUncertaintyd
 from scripts.evaluation.reliability import ReliabilityDiagramSaver
 from scripts.evaluation.uncertainty import ErrorDetectionAUROC, ExpectedCalibrationError, from_engine_errors
@@ -148,6 +150,41 @@ def test_transforms_give_multiclass_errors_and_sigmoid_entropy() -> None:
     assert torch.allclose(out["uncertainty"], torch.tensor([[1.0, 0.0, 0.4999]]), atol=1e-3)  # bits, max over classes
 
 
+@pytest.mark.parametrize(
+    ("configs", "volume"),
+    [
+        (["train.yaml", "evaluate.yaml"], False),
+        (["train.yaml", "volume.yaml", "evaluate.yaml"], True),
+        (["inference.yaml"], False),
+        (["inference.yaml", "inference_volume.yaml"], True),
+    ],
+)
+def test_uncertainty_keys_mix_the_anchor_and_smooth_in_plane(
+    bundle_root: Path, configs: list[str], volume: bool
+) -> None:
+    """``uncertainty_anchor_weight`` and ``uncertainty_sigma`` through the configs' postprocessing: the map is the
+    entropy of the anchor-members mix, smoothed by MONAI's Gaussian in-plane only (a volume's slices stay apart)."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / c) for c in configs])
+    settings = {"ensemble_size": 2, "num_classes": 1, "val_reliance": False, "fusion": "vote"}
+    parser.update({**settings, "uncertainty_anchor_weight": 0.5, "uncertainty_sigma": 1.0})
+    chain = [parser.get_parsed_content(key) for key in ("fuse", "smooth_uncertainty")]
+    shape = (8, 8, 3) if volume else (8, 8)
+    members = torch.rand(2, *shape)
+    anchor = torch.zeros(1, *shape)
+    anchor[0, 2:5, 2:5] = 0.5  # unsure in one block of the middle slice (or of the image)
+    data = {"pred": torch.cat([members, anchor])}
+    for transform in chain:
+        data = transform(data)
+    raw = binary_entropy((0.5 * anchor + 0.5 * members.mean(0, keepdim=True)).numpy())
+    sigma = [1.0, 1.0, 0.0] if volume else [1.0, 1.0]
+    expected = GaussianSmooth(sigma)(torch.as_tensor(raw, dtype=torch.float32))
+    torch.testing.assert_close(torch.as_tensor(data["uncertainty"]), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(expected, torch.as_tensor(raw, dtype=torch.float32))
+    parser.update({"uncertainty_sigma": 0.0})
+    assert parser.get_parsed_content("smooth_uncertainty") is None  # off: the step leaves the chain
+
+
 def test_reliability_diagram_saver_writes_png_and_csv(tmp_path: Path) -> None:
     metric = ExpectedCalibrationError(num_bins=10)
     metric(*_calibrated())
@@ -168,11 +205,14 @@ def _details(out: Path, name: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("uncertainty", [{}, {"uncertainty_anchor_weight": 0.5, "uncertainty_sigma": 1.0}])
 def test_evaluate_yaml_writes_uncertainty_metrics_and_reliability_diagram(
-    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path
+    train_workflow: Callable[..., ConfigWorkflow], tmp_path: Path, uncertainty: dict
 ) -> None:
-    """Untrained weights: the numbers are not meaningful, but each output is written and in range."""
-    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **TINY_EVAL)
+    """Untrained weights: the numbers are not meaningful, but each output is written and in range (also with the
+    anchor mixed into the uncertainty map and the map smoothed)."""
+    settings = {**TINY_EVAL, **uncertainty}
+    wf = train_workflow(tmp_path, "quick.yaml", "evaluate.yaml", eval_dir=str(tmp_path / "eval"), **settings)
     (tmp_path / "models").mkdir()
     torch.save({"model": wf.parser.get_parsed_content("network").state_dict()}, tmp_path / "models" / "model.pt")
     wf.run()

@@ -120,6 +120,11 @@ class EnsembleFusiond(MapTransform):
     mean probability per class; with ``samples_key`` the members' masks are kept as (N, *spatial) label maps. Binary
     members give the foreground frequency. With several ``keys`` (e.g. the ensemble drawn with another case's
     condition), the uncertainty, probability and samples are those of the first key.
+
+    ``anchor_weight`` > 0: each key ends with K more channels, the Condition Model's anchor probability
+    (``DiffusionSegmentationInferer(anchor_probability=True)``), and the uncertainty is the entropy of
+    ``anchor_weight`` * anchor + (1 - ``anchor_weight``) * members' mean; the fusion and ``probability_key`` use the
+    members alone. Not in the paper (docs/architecture.md).
     """
 
     def __init__(
@@ -131,12 +136,16 @@ class EnsembleFusiond(MapTransform):
         samples_key: str | None = None,
         probability_key: str | None = None,
         staple_max_iterations: int = STAPLE_MAX_ITERATIONS,
+        anchor_weight: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.staple_max_iterations = staple_max_iterations
         if method not in METHODS:
             raise ValueError(f"fusion method must be one of {METHODS}, got {method!r}")
+        if not 0.0 <= anchor_weight <= 1.0:
+            raise ValueError(f"anchor_weight must be in [0, 1], got {anchor_weight}")
+        self.anchor_weight = anchor_weight
         self.ensemble_size, self.method = ensemble_size, method
         self.uncertainty_key, self.samples_key, self.probability_key = uncertainty_key, samples_key, probability_key
 
@@ -144,19 +153,27 @@ class EnsembleFusiond(MapTransform):
         d = dict(data)
         for i, key in enumerate(self.key_iterator(d)):
             pred = d[key]
-            arr = torch.as_tensor(pred).detach().cpu().numpy()
-            if arr.shape[0] % self.ensemble_size:
+            arr = np.asarray(torch.as_tensor(pred).detach().cpu().numpy(), dtype=np.float32)
+            groups = self.ensemble_size + (1 if self.anchor_weight else 0)  # the anchor: one more group of K
+            if arr.shape[0] % groups:
                 raise ValueError(
                     f"{key} has {arr.shape[0]} channels, not a multiple of ensemble_size={self.ensemble_size}"
+                    + (" + 1 (the anchor probability)" if self.anchor_weight else "")
                 )
-            members = np.asarray(arr, dtype=np.float32).reshape(self.ensemble_size, -1, *arr.shape[1:])
+            members = arr.reshape(groups, -1, *arr.shape[1:])
+            members, anchor = (members[:-1], members[-1]) if self.anchor_weight else (members, None)
             samples = (members > 0.5).astype(np.uint8)
             d[key] = self._like(pred, fuse(samples, self.method, self.staple_max_iterations)[None])
             if i > 0:
                 continue
             probability = members.mean(0)
             if self.uncertainty_key:
-                entropy = binary_entropy(probability).max(0)[None].astype(np.float32)
+                mixed = (
+                    probability
+                    if anchor is None
+                    else self.anchor_weight * anchor + (1 - self.anchor_weight) * probability
+                )
+                entropy = binary_entropy(mixed).max(0)[None].astype(np.float32)
                 d[self.uncertainty_key] = self._like(pred, entropy)
             if self.probability_key:
                 d[self.probability_key] = self._like(pred, probability)

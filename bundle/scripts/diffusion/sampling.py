@@ -55,6 +55,9 @@ class DiffusionSegmentationInferer(Inferer):
         soft_members: members keep the denoiser's final mask estimate in [0, 1]; ``False``: binary members.
         context_slices: volumes: each slice also receives this many neighbours on each side as extra image channels
             (2.5D, :func:`scripts.data.transforms.stack_context`, as training's ``SliceContextd``). Not in the paper.
+        anchor_probability: with ``fusion="samples"``, append the Condition Model's anchor probability (sigmoid of
+            its anchor logits, K channels) after the N*K member channels, for an uncertainty that mixes it in
+            (``EnsembleFusiond(anchor_weight=...)``). Not in the paper.
 
     Called with ``donor``, another case's image (``PrepareBatchExtraInput({"donor": "donor"})`` passes it), it also
     returns the anchor mask (``"anchor"``) and the samples drawn with the donor's condition (``"pred_swapped"``, same
@@ -78,10 +81,13 @@ class DiffusionSegmentationInferer(Inferer):
         flip_members: bool = False,
         soft_members: bool = True,
         context_slices: int = 0,
+        anchor_probability: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(fusion, str) and fusion not in ("mean", "samples"):
             raise ValueError(f"fusion must be 'mean', 'samples' or a callable, got {fusion!r}.")
+        if anchor_probability and fusion != "samples":
+            raise ValueError(f"anchor_probability needs fusion='samples', got {fusion!r}.")
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
         self.ensemble_size = ensemble_size
@@ -97,6 +103,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.flip_members = flip_members
         self.soft_members = soft_members
         self.context_slices = context_slices
+        self.anchor_probability = anchor_probability
 
     def _step_kwargs(self, generator: torch.Generator | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"generator": generator}
@@ -179,25 +186,30 @@ class DiffusionSegmentationInferer(Inferer):
                 samples[:, j] = samples[:, j].flip(flip)
         return samples
 
-    def _fuse(self, samples: torch.Tensor) -> torch.Tensor:
+    def _fuse(self, samples: torch.Tensor, own: ConditionOutput) -> torch.Tensor:
         if callable(self.fusion):
             return self.fusion(samples)
         if self.fusion == "mean":
             return samples.mean(dim=1)
+        if self.anchor_probability:  # (B, N*K + K, H, W): the members, then the anchor probability
+            return torch.cat([samples.flatten(1, 2), torch.sigmoid(own.anchor_logits.float())], dim=1)
         return samples.flatten(1, 2)
 
     def _sample_2d(
         self, image: torch.Tensor, network: nn.Module, generator: torch.Generator | None, diagnostics: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         if not diagnostics:
-            return self._fuse(self.sample(image, network, generator))
+            own = self.condition(image, network)
+            return self._fuse(self.sample(image, network, generator, self.member_condition(image, network, own)), own)
         image, donor = image.chunk(2, dim=1)  # the donor case's image rides along as extra channels
-        own = self.condition(image, network)
+        own, other = self.condition(image, network), self.condition(donor, network)
         state = generator.get_state() if generator is not None else None
-        pred = self._fuse(self.sample(image, network, generator, self.member_condition(image, network, own)))
+        pred = self._fuse(self.sample(image, network, generator, self.member_condition(image, network, own)), own)
         if generator is not None:  # the swapped-condition run draws the same noise
             generator.set_state(state)
-        swapped = self._fuse(self.sample(image, network, generator, self.member_condition(donor, network)))
+        swapped = self._fuse(
+            self.sample(image, network, generator, self.member_condition(donor, network, other)), other
+        )
         return {"pred": pred, "anchor": (own.anchor_logits > 0).float(), "pred_swapped": swapped}
 
     def __call__(

@@ -184,6 +184,8 @@ RULES: tuple[Rule, ...] = (
     Rule("largest_component", boolean()),
     Rule("flip_members", boolean()),
     Rule("soft_members", boolean()),
+    Rule("uncertainty_anchor_weight", number(0.0, 1.0)),
+    Rule("uncertainty_sigma", number(0.0)),
     Rule("save_samples", boolean()),
     Rule("keep_samples", boolean()),
     Rule("autocast", boolean()),
