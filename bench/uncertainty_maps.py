@@ -43,8 +43,8 @@ def candidates(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Uncertainty maps (*spatial) and foreground probabilities (K, *spatial) from soft members (N, K, *spatial) and
     the anchor probability (K, *spatial); an entropy map is the maximum over classes, as ``EnsembleFusiond``'s. The
-    default map and the 0.5 mix are also smoothed in-plane (not along ``slice_axis`` of a volume) by MONAI's
-    ``GaussianSmooth``, as ``uncertainty_sigma`` smooths the map in the configs."""
+    entropies of the members' mean and of the mixed probabilities are also smoothed in-plane (not along
+    ``slice_axis`` of a volume) by MONAI's ``GaussianSmooth``, as ``uncertainty_sigma`` smooths the configs' map."""
     mean = members.mean(0)
     maps = {
         "members' entropy (default)": binary_entropy(mean).max(0),
@@ -59,7 +59,7 @@ def candidates(
             w * binary_entropy(anchor) + (1 - w) * binary_entropy(mean)
         ).max(0)
         probs[f"{w:g} anchor + {1 - w:g} members"] = mixed
-    for name in ("members' entropy (default)", "entropy of 0.5 anchor + 0.5 members"):
+    for name in ["members' entropy (default)"] + [f"entropy of {w:g} anchor + {1 - w:g} members" for w in WEIGHTS]:
         for sigma in SIGMAS:
             sigmas = [0.0 if axis == slice_axis else sigma for axis in range(maps[name].ndim)]  # as the configs' key
             maps[f"{name}, smoothed {sigma:g} px"] = GaussianSmooth(sigmas)(maps[name][None])[0].numpy()
