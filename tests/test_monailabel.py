@@ -178,6 +178,7 @@ def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(serv
     defaults = yaml.safe_load((bundle_root / "configs" / "inference.yaml").read_text())
     assert image["config"]["num_inference_steps"] == defaults["num_inference_steps"]
     assert image["config"]["ensemble_size"] == defaults["ensemble_size"]
+    assert image["config"]["uncertainty_sigma"] == defaults["uncertainty_sigma"]
     assert "uncertainty" in info["strategies"] and "uncertainty" in info["scoring"]
 
 
@@ -238,6 +239,9 @@ def test_request_settings_are_checked_as_on_the_command_line(server: dict) -> No
         f"{server['url']}/infer/{MODEL_2D}?image=lesion", data={"params": json.dumps({"ensemble_size": 0})}, timeout=60
     )
     assert r.status_code == 422 and "ensemble_size=0" in r.json()["detail"]
+    params = {"params": json.dumps({"uncertainty_sigma": -1.0})}
+    r = requests.post(f"{server['url']}/infer/{MODEL_2D}?image=lesion", data=params, timeout=60)
+    assert r.status_code == 422 and "uncertainty_sigma=-1.0" in r.json()["detail"]
 
 
 @pytest.mark.slow
