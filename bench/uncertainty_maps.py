@@ -23,15 +23,9 @@ from common import absolute_paths, add_weights_arguments, arg_parser, cpu_model,
 
 use_bundle()
 
+from denoiser_calls import label_dice  # noqa: E402
 from scripts.diffusion.fusion import binary_entropy, fuse, onehot_to_labels  # noqa: E402
-from scripts.evaluation.metrics import dice_scores  # noqa: E402
-from scripts.evaluation.uncertainty import (  # noqa: E402
-    _merge_counts,
-    auroc_from_counts,
-    calibration_bins,
-    ece_from_bins,
-    score_counts,
-)
+from scripts.evaluation.uncertainty import ErrorDetectionAUROC, ExpectedCalibrationError  # noqa: E402
 
 WEIGHTS = (0.25, 0.5, 0.75)  # the anchor's share in a mix
 SIGMAS = (1.0, 2.0)  # in-plane Gaussian smoothing (pixels) of the maps
@@ -66,12 +60,6 @@ def candidates(
     return maps, probs
 
 
-def label_dice(pred: np.ndarray, truth: np.ndarray, k: int) -> float:
-    a = torch.as_tensor(np.stack([pred == c for c in range(1, k + 1)])).reshape(k, -1)
-    b = torch.as_tensor(np.stack([truth == c for c in range(1, k + 1)])).reshape(k, -1)
-    return float(dice_scores(a, b).mean())
-
-
 def main() -> None:
     ap = arg_parser(__doc__)
     add_weights_arguments(ap, overlays=["weights/isic_128.yaml"], cases=0)
@@ -83,8 +71,8 @@ def main() -> None:
     inferer = parser.get_parsed_content("inferer")
     k, n = net.out_channels, inferer.ensemble_size
     slice_axis = inferer.slice_axis if parser.get_parsed_content("spatial_dims") == 3 else None
-    counts: dict[str, list] = {}
-    bins: dict[str, torch.Tensor] = {}
+    auroc_metrics: dict[str, ErrorDetectionAUROC] = {}
+    ece_metrics: dict[str, ExpectedCalibrationError] = {}
     dice: dict[str, list[float]] = {"ensemble (STAPLE)": [], "anchor": []}
     t0, n_cases = time.perf_counter(), 0
     for i, batch in enumerate(parser.get_parsed_content("validate#dataloader")):
@@ -96,20 +84,23 @@ def main() -> None:
         truth_onehot = batch["label"][0].numpy() > 0.5
         truth = onehot_to_labels(truth_onehot, 0)
         fused = fuse((members > 0.5).astype(np.uint8), "staple")
-        errors = torch.as_tensor(fused != truth)
+        errors = torch.as_tensor(fused != truth)[None, None].float()
         dice["ensemble (STAPLE)"].append(label_dice(fused, truth, k))
         dice["anchor"].append(label_dice(onehot_to_labels(anchor > 0.5, 0), truth, k))
         maps, probs = candidates(members, anchor, slice_axis)
         for name, m in maps.items():
-            counts.setdefault(name, []).append(score_counts(torch.as_tensor(m, dtype=torch.float32), errors))
-        for name, p in probs.items():
-            b = calibration_bins(torch.as_tensor(p), torch.as_tensor(truth_onehot))
-            bins[name] = b if name not in bins else bins[name] + b
+            auroc_metrics.setdefault(name, ErrorDetectionAUROC())(
+                torch.as_tensor(m, dtype=torch.float32)[None, None], errors
+            )
+        for name, prob in probs.items():
+            ece_metrics.setdefault(name, ExpectedCalibrationError())(
+                torch.as_tensor(prob)[None].clamp(0, 1), torch.as_tensor(truth_onehot)[None].float()
+            )
         n_cases += 1
         if n_cases % 10 == 0:
             print(f"{n_cases} cases, {time.perf_counter() - t0:.0f} s", flush=True)
-    auroc = {name: auroc_from_counts(*_merge_counts(parts)[1:]) for name, parts in counts.items()}
-    ece = {name: float(ece_from_bins(b).mean()) for name, b in bins.items()}
+    auroc = {name: float(metric.aggregate()) for name, metric in auroc_metrics.items()}
+    ece = {name: float(metric.aggregate()) for name, metric in ece_metrics.items()}
     lines = [f"Dice: {', '.join(f'{name} {np.mean(v):.4f}' for name, v in dice.items())}"]
     lines += ["| uncertainty map | error AUROC |", "|---|---:|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in auroc.items()]
