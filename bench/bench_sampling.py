@@ -1,14 +1,14 @@
-"""Benchmark ensemble sampling: seconds per image (slice) for the paper's 10-sample ensemble.
+"""Benchmark ensemble sampling: seconds per image (slice) for an ensemble of ``--ensemble`` members.
 
 Settings measured: DDPM with 100 respaced steps (the paper) and DDIM with few steps; with the Condition Model
 cached (run once per image, ``DiffusionSegmentationInferer``) and uncached (recomputed at every step and for every
-member, as a naive loop does); fp32 and bf16 autocast (channels_last); optionally ``torch.compile``.
-With ``--weights`` and ``--datalist`` it also scores each setting's STAPLE-fused Dice on validation images.
+member, as a naive loop does); fp32 and bf16 autocast (channels_last); optionally ``torch.compile``. Random weights:
+the time does not depend on them (Dice against denoiser calls: ``bench/denoiser_calls.py``).
 
 Example::
 
     python bench/bench_sampling.py --preset paper --size 256 --ensemble 10 --settings ddim:10 ddpm:100
-    python bench/bench_sampling.py --preset small --size 64 --weights models/model.pt --data isic ...
+    python bench/bench_sampling.py --preset small --size 128 --patch-size 2 --ensemble 5 --settings ddim:2
     python bench/bench_sampling.py --device cuda --settings ddpm:10 --modes cached-fp32 --profile 15
 
 ``--profile N`` then runs the ensemble once more, two DDPM steps in fp32, under the torch profiler (CPU, and CUDA on
