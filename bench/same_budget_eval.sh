@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Scores the two runs of bench/same_budget.sh on the ISIC split's 131 held-out test cases (DATA=hippocampus: the
 # hippocampus split's 20 test volumes, with the fixed atlas as the no-image prior) (docs/results.md): V2 with
-# evaluate.yaml's default ensemble (5 members x 2 DDIM steps) fused by STAPLE, its anchor and its image reliance; the
-# UNet baseline with the same evaluation; and the best fixed disc (bench/disc_prior.py) on the same cases. Outputs:
-# runs/<NAME>_{v2,unet}/eval_test/ (metrics.csv, per-case CSVs, overlay grid, reliability diagram), logs and disc.json
-# in R.
+# evaluate.yaml's default ensemble fused by STAPLE, its anchor and its image reliance; the UNet baseline with the same
+# evaluation; and the best fixed disc (bench/disc_prior.py) on the same cases. Outputs: runs/<NAME>_{v2,unet}/
+# eval_test/ (metrics.csv, per-case CSVs, overlay grid, reliability diagram), logs and disc.json in R.
 # Usage, from the repository root: ROI=128 bash bench/same_budget_eval.sh
 # RUNS: the runs to score (default "unet v2"; a V2 run trained with V2NAME/V2ARGS, e.g. RUNS=v2p2 V2ARGS="--patch_size
 # 2"); DISC=False skips the disc; EVALARGS: settings for both models, e.g. "--largest_component True", with TAG naming

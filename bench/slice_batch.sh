@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Volume inference time against slice_batch (slices sampled at once), the shipped hippocampus weights with the
-# defaults of inference_volume.yaml (5 members x 2 DDIM steps, STAPLE), N held-out hippocampus volumes, one pinned
+# defaults of inference_volume.yaml (its sampler, members and STAPLE), N held-out hippocampus volumes, one pinned
 # core with one torch thread. Prints seconds per volume for each slice_batch. From the repository root:
 #   N=3 CORE=1 bash bench/slice_batch.sh
 set -u
