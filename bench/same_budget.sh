@@ -9,13 +9,15 @@
 # Usage, from the repository root: BUDGET=7200 ROI=128 bash bench/same_budget.sh   (then RESUME=True ... to continue)
 # V2ARGS: more V2 settings, with V2NAME naming that run (runs/<NAME>_<V2NAME>); UNETARGS: more UNet settings (they
 # come last, so they override the common batch size); RUNS: which of the two to train; V2CORE: V2's core (default 0;
-# 1 trains a second V2 variant beside a first), e.g.
+# 1 trains a second V2 variant beside a first); UNETNAME and UNETCORE (default unet, 1) name and pin the UNet run the
+# same way, so two UNet settings can be tuned side by side, e.g.
 #   V2NAME=v2p2 V2ARGS="--patch_size 2" RUNS=v2 VAL=8 BUDGET=5700 ROI=128 bash bench/same_budget.sh
 set -u
 source "$(dirname "$0")/common.sh"
 DATA=${DATA:-isic}; BUDGET=${BUDGET:-3600}; VAL=${VAL:-10}; RESUME=${RESUME:-False}
 if [ "$DATA" = hippocampus ]; then ROI=${ROI:-64}; else ROI=${ROI:-128}; fi; NAME=${NAME:-same_budget_$DATA$ROI}
 V2NAME=${V2NAME:-v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; RUNS=${RUNS:-v2 unet}; V2CORE=${V2CORE:-0}
+UNETNAME=${UNETNAME:-unet}; UNETCORE=${UNETCORE:-1}
 R=${R:-$PWD/bundle/runs/bench/$NAME}; mkdir -p "$R"
 cd bundle
 if [ "$DATA" = hippocampus ]; then
@@ -34,5 +36,5 @@ train() {  # core name configs [settings]
   echo "$2 train rc=$? wall=$(( $(date +%s) - s ))s resume=$RESUME" >> "$R/summary.txt"
 }
 [[ " $RUNS " == *" v2 "* ]] && train "$V2CORE" "$V2NAME" "['configs/train.yaml'$VOL]" "$V2ARGS" &
-[[ " $RUNS " == *" unet "* ]] && train 1 unet "['configs/train.yaml'$VOL,'configs/baseline.yaml']" "$UNETARGS" &
+[[ " $RUNS " == *" unet "* ]] && train "$UNETCORE" "$UNETNAME" "['configs/train.yaml'$VOL,'configs/baseline.yaml']" "$UNETARGS" &
 wait

@@ -20,6 +20,7 @@ from monai.networks.nets import UNet
 from PIL import Image
 from tiny_config import TINY_EVAL
 
+from scripts.evaluation.baseline import ContextSliceInferer
 from scripts.evaluation.diagnostics import DataWaitLogger
 from scripts.evaluation.metrics import (
     DiceConfidenceIntervalMetric,
@@ -217,6 +218,41 @@ def test_baseline_overlay_trains_one_tiny_epoch_and_evaluates(
     wf.finalize()
     assert {"val_mean_dice", "val_mean_iou", "val_hd95"} <= set(metrics) and "val_ged" not in metrics
     assert (tmp_path / "e" / "val_mean_dice_raw.csv").is_file()
+
+
+def test_baseline_slice_inferer_gives_each_slice_its_neighbours_as_channels() -> None:
+    """context 1: each slice reaches the 2D network with the slice before and after it as channels (edge slices
+    repeated, as the diffusion sampler's 2.5D), and the volume keeps its shape."""
+    volume = torch.arange(5.0).reshape(1, 1, 1, 1, 5).repeat(1, 1, 4, 4, 1)
+    inferer = ContextSliceInferer(context=1, roi_size=(4, 4), sw_batch_size=2, spatial_dim=2)
+    out = inferer(volume, lambda x: x[:, [0, 2]])  # "segments" each slice as its previous and next neighbour
+    assert out.shape == (1, 2, 4, 4, 5)
+    assert out[0, 0, 0, 0].tolist() == [0, 0, 1, 2, 3] and out[0, 1, 0, 0].tolist() == [1, 2, 3, 4, 4]
+    plain = ContextSliceInferer(roi_size=(4, 4), spatial_dim=2)(volume, lambda x: x)
+    assert torch.equal(plain, volume)
+    with pytest.raises(ValueError, match="context_slices"):
+        ContextSliceInferer(context=-1, roi_size=(4, 4))
+
+
+@pytest.mark.slow
+def test_baseline_overlay_trains_and_validates_2_5d_volumes(
+    train_workflow: Callable[..., ConfigWorkflow],
+    run_recording: Callable[[ConfigWorkflow], dict],
+    tmp_path: Path,
+) -> None:
+    """--context_slices 1 on the UNet through monai.bundle: 3-channel slices in training, whole volumes validated
+    slice by slice with the same neighbours."""
+    tiny_unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": "$@image_channels * (2 * @context_slices + 1)"}
+    small = {"network_def": {**tiny_unet, "out_channels": 2, "channels": [4, 8], "strides": [2]}}
+    sizes = {"batch_size": 2, "slices_per_volume": 2, "context_slices": 1}
+    wf = train_workflow(tmp_path, "quick.yaml", "volume.yaml", "baseline.yaml", **sizes, **small)
+    batch = next(iter(wf.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].shape == (4, 2, 32, 32)
+    convs = [m for m in wf.parser.get_parsed_content("network_def").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].in_channels == 3
+    assert wf.parser.get_parsed_content("validate#inferer").context == 1
+    rec = run_recording(wf)
+    assert rec["trainer_epoch"] == 1 and 0.0 <= rec["dice"] <= 1.0
 
 
 ROWS = [("backbone", "none", "none"), ("usa_ssformer", "usa", "ssformer")]

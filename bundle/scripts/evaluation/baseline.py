@@ -1,5 +1,6 @@
 """The supervised baseline's parts (configs/baseline.yaml): its loss, Dice + binary cross-entropy on sigmoid outputs,
-and the uncertainty map of its sigmoid probability (scored by :mod:`.uncertainty` as the ensemble's)."""
+its slice-by-slice inferer for volumes (2.5D context as the diffusion model's), and the uncertainty map of its sigmoid
+probability (scored by :mod:`.uncertainty` as the ensemble's)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.inferers import SliceInferer
 from monai.losses import DiceCELoss
 from monai.transforms import MapTransform
 
+from ..data.transforms import stack_context
 from ..diffusion.fusion import binary_entropy
 
-__all__ = ["DiceBCELoss", "ProbabilityUncertaintyd"]
+__all__ = ["ContextSliceInferer", "DiceBCELoss", "ProbabilityUncertaintyd"]
 
 
 class DiceBCELoss(DiceCELoss):
@@ -31,6 +34,23 @@ class DiceBCELoss(DiceCELoss):
         if input.shape != target.shape:
             raise ValueError(f"prediction {tuple(input.shape)} and label {tuple(target.shape)} differ in shape")
         return self.lambda_dice * self.dice(input, target) + self.lambda_ce * self.bce(input, target)
+
+
+class ContextSliceInferer(SliceInferer):
+    """``SliceInferer`` whose 2D network sees each slice with ``context`` neighbours on each side as extra image
+    channels (:func:`scripts.data.transforms.stack_context`, as training's ``SliceContextd`` and the diffusion
+    sampler's ``context_slices``); ``context=0`` is a plain ``SliceInferer``."""
+
+    def __init__(self, context: int = 0, spatial_dim: int = 0, **kwargs: Any) -> None:
+        if context < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context}")
+        super().__init__(spatial_dim=spatial_dim, **kwargs)
+        self.context = context
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.context:
+            inputs = torch.stack([stack_context(v, self.context, 1 + self.spatial_dim) for v in inputs])
+        return super().__call__(inputs, network, *args, **kwargs)
 
 
 class ProbabilityUncertaintyd(MapTransform):
