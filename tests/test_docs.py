@@ -163,7 +163,7 @@ FIGURES = {
     "hippocampus_hd95": (HIPPO, "MedSegDiff-V2", "HD95"),
     "hippocampus_image_reliance": (HIPPO, "MedSegDiff-V2", "image reliance"),
     "hippocampus_anchor_dice": (HIPPO, "anchor alone", "mean Dice"),
-    "hippocampus_unet_mean_dice": (HIPPO, "UNet", "mean Dice"),
+    "hippocampus_unet_mean_dice": (HIPPO, "UNet baseline, 2.5D", "mean Dice"),
     "hippocampus_no_image_prior_dice": (HIPPO, "no-image prior", "mean Dice"),
     "hippocampus_error_auroc": (UNCERTAINTY, "hippocampus", "V2 error AUROC"),
     "hippocampus_ece": (UNCERTAINTY, "hippocampus", "V2 ECE"),
