@@ -32,7 +32,8 @@ evaluate() {  # name configs [settings]
     --eval_dir "runs/${NAME}_$1/eval_$SPLIT$TAG" > "$R/$1.eval_$SPLIT$TAG.log" 2>&1
   echo "$1 eval_$SPLIT$TAG rc=$? wall=$(( $(date +%s) - s ))s" >> "$R/summary.txt"
 }
+UNET="['configs/train.yaml'$VOL,'configs/evaluate.yaml','configs/baseline.yaml']"
 for run in $RUNS; do
-  if [[ "$run" == unet* ]]; then evaluate "$run" "['configs/train.yaml'$VOL,'configs/evaluate.yaml','configs/baseline.yaml']"
+  if [[ "$run" == unet* ]]; then evaluate "$run" "$UNET"
   else evaluate "$run" "['configs/train.yaml'$VOL,'configs/evaluate.yaml']" "$V2ARGS"; fi
 done
