@@ -36,5 +36,6 @@ train() {  # core name configs [settings]
   echo "$2 train rc=$? wall=$(( $(date +%s) - s ))s resume=$RESUME" >> "$R/summary.txt"
 }
 [[ " $RUNS " == *" v2 "* ]] && train "$V2CORE" "$V2NAME" "['configs/train.yaml'$VOL]" "$V2ARGS" &
-[[ " $RUNS " == *" unet "* ]] && train "$UNETCORE" "$UNETNAME" "['configs/train.yaml'$VOL,'configs/baseline.yaml']" "$UNETARGS" &
+UNET="['configs/train.yaml'$VOL,'configs/baseline.yaml']"
+[[ " $RUNS " == *" unet "* ]] && train "$UNETCORE" "$UNETNAME" "$UNET" "$UNETARGS" &
 wait
