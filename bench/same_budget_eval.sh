@@ -6,13 +6,13 @@
 # eval_test/ (metrics.csv, per-case CSVs, overlay grid, reliability diagram), logs and disc.json in R.
 # Usage, from the repository root: ROI=128 bash bench/same_budget_eval.sh
 # RUNS: the runs to score (default "unet v2"; a V2 run trained with V2NAME/V2ARGS, e.g. RUNS=v2p2 V2ARGS="--patch_size
-# 2"; a name starting with unet is scored as a UNet, its network settings in EVALARGS); DISC=False skips the disc;
-# EVALARGS: settings for both models, e.g. "--largest_component True", with TAG naming their outputs
-# (eval_<SPLIT><TAG>).
+# 2"; a name starting with unet is scored as a UNet, with UNETARGS, its settings that differ from baseline.yaml's,
+# e.g. UNETARGS="--baseline_norm batch"); DISC=False skips the disc; EVALARGS: settings for both models, e.g.
+# "--largest_component True", with TAG naming their outputs (eval_<SPLIT><TAG>).
 set -u
 DATA=${DATA:-isic}; THREADS=${THREADS:-2}; SPLIT=${SPLIT:-test}
 if [ "$DATA" = hippocampus ]; then ROI=${ROI:-64}; else ROI=${ROI:-128}; fi; NAME=${NAME:-same_budget_$DATA$ROI}
-RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; DISC=${DISC:-True}; EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
+RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; DISC=${DISC:-True}; EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
 R=${R:-$PWD/bundle/runs/bench/$NAME}; mkdir -p "$R"
 source "$(dirname "$0")/common.sh"
 if [ "$DATA" = hippocampus ]; then
@@ -34,6 +34,6 @@ evaluate() {  # name configs [settings]
 }
 UNET="['configs/train.yaml'$VOL,'configs/evaluate.yaml','configs/baseline.yaml']"
 for run in $RUNS; do
-  if [[ "$run" == unet* ]]; then evaluate "$run" "$UNET"
+  if [[ "$run" == unet* ]]; then evaluate "$run" "$UNET" "$UNETARGS"
   else evaluate "$run" "['configs/train.yaml'$VOL,'configs/evaluate.yaml']" "$V2ARGS"; fi
 done

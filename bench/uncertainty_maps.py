@@ -115,6 +115,7 @@ def main() -> None:
         "cpu": cpu_model(),
         "seconds": round(time.perf_counter() - t0),
         "dice": {name: round(float(np.mean(v)), 4) for name, v in dice.items()},
+        "dice_per_case": {name: [round(x, 4) for x in v] for name, v in dice.items()},  # for paired comparisons
         "error_auroc": {name: round(v, 4) for name, v in auroc.items()},
         "ece": {name: round(v, 4) for name, v in ece.items()},
     }
