@@ -441,6 +441,7 @@ BAD = [
     ("cache_rate", 1.5, "a number in [0, 1]"),
     ("preset", "huge", "one of 'paper', 'small', None"),
     ("patch_size", 0, "null/None or an integer >= 1"),
+    ("baseline_norm", "group", "one of 'batch', 'instance'"),
     ("eval_split", "testing", "one of 'validation', 'test'"),
     ("ece_bins", 0, "an integer >= 1"),
 ]

@@ -169,6 +169,7 @@ RULES: tuple[Rule, ...] = (
     Rule("concat_anchor", boolean()),
     Rule("self_condition", boolean()),
     Rule("patch_size", optional(integer(1))),
+    Rule("baseline_norm", one_of("batch", "instance")),  # configs/baseline.yaml
     Rule("val_reliance", boolean()),
     Rule("seed", integer(0, 2**32 - 1)),  # numpy's range (set_determinism)
     Rule("resume", boolean()),
