@@ -205,8 +205,13 @@ def test_baseline_overlay_trains_one_tiny_epoch_and_evaluates(
 ) -> None:
     parser = ConfigParser()
     parser.read_config([str(bundle_root / "configs" / f) for f in ("train.yaml", "volume.yaml", "baseline.yaml")])
-    unet = parser.get_parsed_content("network_def")  # the validation winners: V2's 2.5D input, InstanceNorm
+    unet = parser.get_parsed_content("network_def")  # the validation winners: V2's 2.5D input, BatchNorm for volumes
     assert isinstance(unet, UNet) and unet(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)  # volume: 3 -> 2 ch
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unet.modules())
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in unet.modules())
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ("train.yaml", "baseline.yaml")])
+    unet = parser.get_parsed_content("network_def")  # 2D images: InstanceNorm
     assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in unet.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in unet.modules())
     tiny_unet = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 1, "channels": [4, 8]}
