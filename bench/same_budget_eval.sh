@@ -12,7 +12,8 @@
 set -u
 DATA=${DATA:-isic}; THREADS=${THREADS:-2}; SPLIT=${SPLIT:-test}
 if [ "$DATA" = hippocampus ]; then ROI=${ROI:-64}; else ROI=${ROI:-128}; fi; NAME=${NAME:-same_budget_$DATA$ROI}
-RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; DISC=${DISC:-True}; EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
+RUNS=${RUNS:-unet v2}; V2ARGS=${V2ARGS:-}; UNETARGS=${UNETARGS:-}; DISC=${DISC:-True}
+EVALARGS=${EVALARGS:-}; TAG=${TAG:-}
 R=${R:-$PWD/bundle/runs/bench/$NAME}; mkdir -p "$R"
 source "$(dirname "$0")/common.sh"
 if [ "$DATA" = hippocampus ]; then
