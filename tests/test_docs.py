@@ -139,7 +139,7 @@ def test_metadata_states_how_long_each_baseline_trained() -> None:
     text = json.dumps(_meta())
     assert "trained for the same time" not in text
     source = _meta()["eval_metrics"]["source"]
-    assert "212 CPU minutes" in source and "284 CPU minutes" in source
+    assert "120 CPU minutes" in source and "284 CPU minutes" in source
 
 
 # -- figures against results.md and benchmarks.md ----------------------------------------------------------------------
@@ -154,7 +154,7 @@ FIGURES = {
     "dice_ci95_width": (ISIC, "MedSegDiff-V2", "Dice CI width"),
     "image_reliance": (ISIC, "MedSegDiff-V2", "image reliance"),
     "anchor_dice": (ISIC, "anchor alone", "Dice"),
-    "unet_mean_dice": (ISIC, "UNet", "Dice"),
+    "unet_mean_dice": (ISIC, "UNet baseline, InstanceNorm", "Dice"),
     "no_image_prior_dice": (ISIC, "no-image prior", "Dice"),
     "error_auroc": (UNCERTAINTY, "ISIC", "V2 error AUROC"),
     "ece": (UNCERTAINTY, "ISIC", "V2 ECE"),
@@ -202,7 +202,7 @@ def test_every_figure_of_the_readme_comes_from_results_or_benchmarks() -> None:
     isic, hippo = (next(t for t in tables if t[0][0].startswith(name)) for name in ("ISIC", "MSD hippocampus"))
     assert _number(_cell(isic, "shipped `models/model.pt`: **MedSegDiff-V2", "Dice")) == metrics["mean_dice"]
     assert _number(_cell(isic, "shipped `models/model.pt`: its Condition", "Dice")) == metrics["anchor_dice"]
-    assert _number(_cell(isic, "UNet baseline (not the same budget", "Dice")) == metrics["unet_mean_dice"]
+    assert _number(_cell(isic, "UNet baseline, InstanceNorm", "Dice")) == metrics["unet_mean_dice"]
     assert _number(_cell(hippo, "**MedSegDiff-V2", "mean Dice")) == metrics["hippocampus_mean_dice"]
     assert _number(_cell(hippo, "no-image prior", "mean Dice")) == metrics["hippocampus_no_image_prior_dice"]
     for table in (isic, hippo):  # the cost of each figure is stated
