@@ -27,6 +27,7 @@ from scripts.diffusion.training import (
     SegDiffusionTrainingInferer,
     min_snr_weight,
     predicted_x0,
+    smooth_field,
     stratified_timesteps,
 )
 from scripts.evaluation.diagnostics import DonorDataset, ImageRelianceHandler, donor_indices, loss_terms
@@ -194,6 +195,53 @@ def test_recycling_noises_the_models_own_x0_and_still_targets_the_truth(predicti
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_smooth_field_is_smooth_and_bounded_per_case() -> None:
+    torch.manual_seed(0)
+    like = torch.zeros(64, 2, 64, 64)
+    field = smooth_field(like, 4.0)
+    assert field.shape == like.shape and field.dtype == like.dtype
+    per_case = field.flatten(1).std(1)
+    assert per_case.max() < 4.0 and per_case.min() < 1.0 < per_case.max()  # strengths drawn in [0, 4]
+    step = (field[..., 1:] - field[..., :-1]).abs().mean()
+    assert step < 0.3 * field.abs().mean()  # neighbours nearly agree: blobs (independent pixels: about 1.4)
+    assert torch.equal(smooth_field(like, 0.0), torch.zeros_like(like))
+
+
+def test_anchor_corruption_reaches_only_the_concatenated_anchor() -> None:
+    """The offset changes the denoiser's anchor input, not the returned anchor logits (eq. 3's anchor term) and not
+    a network without ``concat_anchor``; the inferer draws it only when asked, so the default keeps its random
+    stream."""
+    torch.manual_seed(0)
+    image, x = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32) * 2 - 1
+    offset = torch.full_like(x, 3.0)
+    for concat in (True, False):
+        net = MedSegDiffV2(3, 1, **{**TINY_NET, "concat_anchor": concat}).eval()
+        with torch.no_grad():
+            plain, anchor = net(x, 10, image=image, with_anchor=True)
+            moved, anchor_moved = net(x, 10, image=image, with_anchor=True, anchor_offset=offset)
+        assert torch.equal(anchor, anchor_moved)
+        assert not torch.allclose(plain, moved) if concat else torch.equal(plain, moved)
+
+    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type="sample")
+    net = MedSegDiffV2(3, 1, **TINY_NET).eval()
+    truth, t = (torch.rand(2, 1, 32, 32) > 0.5).float(), torch.tensor([100, 900])
+    noise = torch.randn_like(truth)
+
+    def run(corruption: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)
+        with torch.no_grad():
+            out = SegDiffusionTrainingInferer(sched, anchor_corruption=corruption)(image, net, truth, noise, t)
+        out["next"] = torch.rand(())  # the random stream after the call
+        return out
+
+    off, on = run(0.0), run(4.0)
+    assert torch.equal(off["anchor"], on["anchor"]) and torch.equal(off["target"], on["target"])
+    assert not torch.allclose(off["prediction"], on["prediction"])
+    assert not torch.equal(off["next"], on["next"])  # the field consumed random numbers; the default did not
+    with pytest.raises(ValueError, match="anchor_corruption"):
+        SegDiffusionTrainingInferer(sched, anchor_corruption=-1.0)
 
 
 class SelfConditionedOracle(OracleNet):
@@ -489,8 +537,10 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         recycling=1.0,
         anchor_warmup_iterations=2,
         self_condition=True,
+        anchor_corruption=2.0,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
+    assert wf.parser.get_parsed_content("train#inferer").anchor_corruption == 2.0
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert {"val_mean_dice", "val_anchor_dice", "val_swapped_dice", "val_image_reliance"} <= set(metrics)

@@ -444,6 +444,7 @@ BAD = [
     ("baseline_norm", "group", "one of 'batch', 'instance'"),
     ("eval_split", "testing", "one of 'validation', 'test'"),
     ("ece_bins", 0, "an integer >= 1"),
+    ("anchor_corruption", -1.0, "a number >= 0"),
 ]
 
 

@@ -16,6 +16,7 @@ from monai.networks.schedulers import Scheduler
 from torch import nn
 
 SELF_CONDITION_SHARE = 0.5  # share of the batches trained with an x0 estimate as input (Chen et al. 2022)
+ANCHOR_FIELD_GRID = 8  # anchor corruption: the random logit field's knots per side (blobs of about 1/8 of the image)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -108,6 +109,15 @@ def implied_noise(scheduler: Scheduler, x0: torch.Tensor, x_t: torch.Tensor, tim
     return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
 
+def smooth_field(like: torch.Tensor, max_std: float, grid: int = ANCHOR_FIELD_GRID) -> torch.Tensor:
+    """A spatially smooth Gaussian field shaped like ``like`` (B, K, H, W): ``grid`` x ``grid`` knots upsampled
+    bilinearly; each case's standard deviation is drawn uniformly from [0, ``max_std``]."""
+    b, k = like.shape[:2]
+    std = torch.rand(b, 1, 1, 1, device=like.device) * max_std
+    knots = torch.randn(b, k, grid, grid, device=like.device) * std
+    return F.interpolate(knots, size=like.shape[-2:], mode="bilinear", align_corners=False).to(like.dtype)
+
+
 def min_snr_weight(scheduler: Scheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor:
     """Per-case weight of the diffusion loss. ``None``: 1 (the plain MSE of the prediction target). Otherwise
     min-SNR-gamma (Hang et al., ICCV 2023), expressed for the prediction target: min(SNR, gamma) on the x0 error,
@@ -131,6 +141,10 @@ class SegDiffusionTrainingInferer(Inferer):
         recycling: share of the batches trained by recycling (Fu et al., MELBA 2023): x0 is first predicted without
             gradient from the mask noised to t = T - 1 (as sampling starts), that prediction is noised to x_t, and the
             denoiser learns to recover the true mask from it. 0: the paper's training. Not in the paper.
+        anchor_corruption: for a ``concat_anchor`` network, the largest standard deviation (in logits) of a smooth
+            random field (:func:`smooth_field`) added to the anchor that the denoiser sees next to x_t, so that it
+            learns to correct the anchor rather than copy it; each case draws its own strength in [0, this]. The
+            anchor loss, U-SA and the SS-Former see the anchor unchanged. 0: off. Not in the paper.
 
     With a ``self_condition`` network (Chen et al., "Analog Bits", 2022), half of the batches first estimate x0 from
     x_t without gradient and feed that estimate back as the denoiser's extra input, as sampling does at every step.
@@ -144,14 +158,18 @@ class SegDiffusionTrainingInferer(Inferer):
         snr_gamma: float | None = None,
         autocast_dtype: torch.dtype | None = None,
         recycling: float = 0.0,
+        anchor_corruption: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= recycling <= 1.0:
             raise ValueError(f"recycling is a share of the batches in [0, 1], got {recycling}.")
+        if anchor_corruption < 0:
+            raise ValueError(f"anchor_corruption is a standard deviation in logits (>= 0), got {anchor_corruption}.")
         self.scheduler = scheduler
         self.snr_gamma = snr_gamma
         self.autocast_dtype = autocast_dtype
         self.recycling = recycling
+        self.anchor_corruption = anchor_corruption
         self.warmup = False
 
     @torch.no_grad()
@@ -188,6 +206,8 @@ class SegDiffusionTrainingInferer(Inferer):
         extra = {}  # a self_condition network gets the x0 estimate in SELF_CONDITION_SHARE of the batches
         if getattr(unwrap(network), "self_condition", False) and torch.rand(()).item() < SELF_CONDITION_SHARE:
             extra["x_self_cond"] = self.estimated_x0(inputs, network, x_t, timesteps)
+        if self.anchor_corruption > 0 and getattr(unwrap(network), "concat_anchor", False):
+            extra["anchor_offset"] = smooth_field(x0, self.anchor_corruption)
         with autocast(inputs.device, self.autocast_dtype):
             prediction, anchor = network(x_t, timesteps, image=inputs, with_anchor=True, **extra)
         return {

@@ -192,6 +192,7 @@ class MedSegDiffV2(nn.Module):
         condition: ConditionOutput | None = None,
         with_anchor: bool = False,
         x_self_cond: torch.Tensor | None = None,
+        anchor_offset: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The denoiser's prediction for ``x`` (the noisy mask x_t, (B, K, H, W)), given the image or its cached
         ``condition``: (B, K, H, W), x0 with the configs' ``prediction_type: sample`` (eps or v if trained so).
@@ -199,6 +200,8 @@ class MedSegDiffV2(nn.Module):
         ``with_anchor=True`` also returns the Condition Model's anchor logits (for the anchor loss of eq. 3), so that
         training runs through one ``forward`` call, as DistributedDataParallel requires. ``x_self_cond``: the previous
         x0 estimate (B, K, H, W) for a ``self_condition`` network (``None``: zeros); ignored otherwise.
+        ``anchor_offset``: added to the anchor logits that a ``concat_anchor`` network concatenates to x_t (training's
+        anchor corruption); U-SA, SS-Former and the returned anchor logits are unchanged; ignored otherwise.
         """
         self._check(x, self.out_channels, "x (noisy mask)")
         if condition is None:
@@ -214,7 +217,8 @@ class MedSegDiffV2(nn.Module):
         emb = self.time_embed(self._timesteps(timesteps, x.shape[0], x.device))
         parts = [x]
         if self.concat_anchor:
-            parts.append(torch.sigmoid(condition.anchor_logits).to(x.dtype))
+            logits = condition.anchor_logits if anchor_offset is None else condition.anchor_logits + anchor_offset
+            parts.append(torch.sigmoid(logits).to(x.dtype))
         if self.self_condition:
             parts.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
         f_d = self.stem(torch.cat(parts, 1) if len(parts) > 1 else x)  # f_d^0

@@ -201,6 +201,7 @@ RULES: tuple[Rule, ...] = (
     Rule("prediction_type", one_of(*(t.value for t in DDPMPredictionType))),
     Rule("snr_gamma", optional(number(0.0, low_open=True))),
     Rule("recycling", number(0.0, 1.0)),
+    Rule("anchor_corruption", number(0.0)),
     Rule("anchor_warmup_iterations", integer(0)),
     Rule("timestep_groups", optional(integer(1))),
     Rule("amp", boolean()),
