@@ -515,8 +515,8 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
 
 @pytest.mark.slow
 def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
-    """x0 prediction, min-SNR, anchor concatenation, residual, timestep groups, bf16, recycling, the anchor warm-up,
-    self-conditioning and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
+    """x0 prediction, min-SNR, anchor and image concatenation, residual, timestep groups, bf16, recycling, the anchor
+    warm-up, self-conditioning and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
     wf = bundle_workflow(
         "train.yaml",
         "quick.yaml",
@@ -538,9 +538,11 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         anchor_warmup_iterations=2,
         self_condition=True,
         anchor_corruption=2.0,
+        concat_image=True,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
     assert wf.parser.get_parsed_content("train#inferer").anchor_corruption == 2.0
+    assert wf.parser.get_parsed_content("network_def").concat_image
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
     assert {"val_mean_dice", "val_anchor_dice", "val_swapped_dice", "val_image_reliance"} <= set(metrics)

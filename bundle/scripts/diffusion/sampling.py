@@ -147,7 +147,9 @@ class DiffusionSegmentationInferer(Inferer):
             return own.repeat_interleave(len(flips))
         per_flip = {f: self.condition(image.flip(f), network) if f else own for f in dict.fromkeys(flips)}
         members = [per_flip[f] for f in flips]  # (B, ...) each; stacked to (B, N, ...), member order
-        return ConditionOutput(*(torch.stack(parts, 1).flatten(0, 1) for parts in zip(*members, strict=True)))
+        return ConditionOutput(
+            *(None if parts[0] is None else torch.stack(parts, 1).flatten(0, 1) for parts in zip(*members, strict=True))
+        )
 
     @torch.no_grad()
     def sample(

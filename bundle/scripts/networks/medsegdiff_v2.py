@@ -78,8 +78,9 @@ class MedSegDiffV2(nn.Module):
         anchor_gates: ``"single"`` (eq. 5: one gate map) or ``"per_class"`` (one gate per class, each over its own
             channel group of f_d). Not in the paper.
         anchor_residual: also add a zero-initialised 1x1 projection of f_anc to f_d'. Not in the paper.
-        concat_anchor: feed the Condition Model's anchor probabilities to the denoiser next to x_t (the authors'
-            released code concatenates the image instead). Not in the paper.
+        concat_anchor: feed the Condition Model's anchor probabilities to the denoiser next to x_t. Not in the paper.
+        concat_image: feed the raw image to the denoiser next to x_t, as the authors' released code does. Not in the
+            paper.
         self_condition: feed the previous x0 estimate to the denoiser next to x_t (self-conditioning, Chen et al.,
             "Analog Bits", 2022; zeros when there is none). Not in the paper.
     """
@@ -98,6 +99,7 @@ class MedSegDiffV2(nn.Module):
         anchor_residual: bool = False,
         concat_anchor: bool = False,
         self_condition: bool = False,
+        concat_image: bool = False,
         **sizes: Any,
     ) -> None:
         super().__init__()
@@ -119,8 +121,9 @@ class MedSegDiffV2(nn.Module):
             in_channels, out_channels, cfg.cond_channels, cfg.num_res_blocks, dropout, gradient_checkpointing
         )
         self.time_embed = TimestepEmbedding(ch[0], emb_dim)
-        self.concat_anchor, self.self_condition = concat_anchor, self_condition
-        self.stem = nn.Conv2d(out_channels * (1 + concat_anchor + self_condition), ch[0], 3, padding=1)
+        self.concat_anchor, self.self_condition, self.concat_image = concat_anchor, self_condition, concat_image
+        stem_in = out_channels * (1 + concat_anchor + self_condition) + in_channels * concat_image
+        self.stem = nn.Conv2d(stem_in, ch[0], 3, padding=1)
         anchor_ch = cfg.cond_channels[0]
         anchor_cls = {"none": None, "sa": SpatialAttention, "usa": USA}[anchor]
         gates = out_channels if anchor_gates == "per_class" else 1
@@ -221,6 +224,10 @@ class MedSegDiffV2(nn.Module):
             parts.append(torch.sigmoid(logits).to(x.dtype))
         if self.self_condition:
             parts.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
+        if self.concat_image:
+            if condition.image is None:
+                raise ValueError("a concat_image network needs the image in its condition (MedSegDiffV2.condition).")
+            parts.append(condition.image.to(x.dtype))
         f_d = self.stem(torch.cat(parts, 1) if len(parts) > 1 else x)  # f_d^0
         if self.anchor_condition is not None:
             f_d = self.anchor_condition(f_d, condition.feature)  # f_d'^0 (eq. 5)

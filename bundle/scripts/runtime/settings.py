@@ -168,6 +168,7 @@ RULES: tuple[Rule, ...] = (
     Rule("anchor_residual", boolean()),
     Rule("concat_anchor", boolean()),
     Rule("self_condition", boolean()),
+    Rule("concat_image", boolean()),
     Rule("patch_size", optional(integer(1))),
     Rule("baseline_norm", one_of("batch", "instance")),  # configs/baseline.yaml
     Rule("val_reliance", boolean()),

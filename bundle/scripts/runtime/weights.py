@@ -64,8 +64,8 @@ def describe_mismatch(saved: Mapping[str, torch.Tensor], module: nn.Module) -> s
     ]
     parts = [f"{len(missing)} missing keys {missing[:5]}", f"{len(unexpected)} unexpected keys {unexpected[:5]}"]
     parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
-    hint = "Check preset, roi_size, patch_size, image_channels, num_classes, anchor, semantic, concat_anchor and "
-    hint += "self_condition"
+    hint = "Check preset, roi_size, patch_size, image_channels, num_classes, anchor, semantic, concat_anchor, "
+    hint += "self_condition and concat_image"
     # the SS-Former's token embedding is a conv whose kernel is the token patch: name the weights' patch_size
     token = next((k for k in own if k.endswith("embed_c.weight") and k in saved), None)
     if token is not None and saved[token].shape[-2:] != own[token].shape[-2:]:

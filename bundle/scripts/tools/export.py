@@ -46,7 +46,7 @@ class ConditionProgram(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(self.net.condition(image))
+        return tuple(self.net.condition(image))[:3]  # the image itself is not an output
 
 
 class DenoiserProgram(nn.Module):
@@ -90,12 +90,14 @@ def export_programs(net: MedSegDiffV2, roi_size: int) -> dict[str, torch.export.
         raise ValueError(f"roi_size {roi_size} is not a multiple of the network's total stride {net.size_divisor}.")
     if net.self_condition:  # the exported denoiser has no input for the previous x0 estimate
         raise ValueError("export does not support self_condition networks yet: sample them with inference.yaml.")
+    if net.concat_image:  # the exported denoiser has no input for the image
+        raise ValueError("export does not support concat_image networks yet: sample them with inference.yaml.")
     batch = {0: Dim("batch", min=1, max=4096)}
     image = torch.randn(2, net.in_channels, roi_size, roi_size)  # batch 2: size 1 would be specialised
     x = torch.randn(2, net.out_channels, roi_size, roi_size)
     t = torch.tensor([500.0])
     with torch.no_grad():
-        cond = tuple(net.condition(image))
+        cond = tuple(net.condition(image))[:3]
         condition = torch.export.export(ConditionProgram(net), (image,), dynamic_shapes=(batch,))
         denoiser = torch.export.export(
             DenoiserProgram(net), (x, t, *cond), dynamic_shapes=(batch, None, batch, batch, batch)
