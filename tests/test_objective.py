@@ -306,6 +306,28 @@ def test_self_condition_network_reads_its_extra_input() -> None:
     assert not torch.allclose(plain, given)
 
 
+def test_concat_image_network_reads_the_image_its_condition_carries() -> None:
+    """``concat_image``: the image rides in the cached condition (repeated per member, flipped with its member) and
+    reaches the denoiser's input; without the image in the condition the network says so."""
+    torch.manual_seed(0)
+    net = MedSegDiffV2(3, 2, **TINY_NET, concat_image=True).eval()
+    assert net.stem.in_channels == 2 * 2 + 3  # x_t, the anchor probabilities, the image
+    image, x, t = torch.rand(2, 3, 32, 32), torch.randn(2, 2, 32, 32), torch.tensor([500])
+    with torch.no_grad():
+        cond = net.condition(image)
+        assert torch.equal(cond.image, image)
+        plain = net(x, t, condition=cond)
+        torch.testing.assert_close(plain, net(x, t, image=image))
+        other = net(x, t, condition=cond._replace(image=torch.rand_like(image)))  # the same anchor and features
+        assert not torch.allclose(plain, other)
+        with pytest.raises(ValueError, match="concat_image"):
+            net(x, t, condition=cond._replace(image=None))
+        flipped = DiffusionSegmentationInferer(DDIMScheduler(), ensemble_size=2, flip_members=True)
+        members = flipped.member_condition(image, net)
+    assert torch.equal(members.image[0::2], image) and torch.equal(members.image[1::2], image.flip(FLIPS[1]))
+    assert ConditionOutput(image, image, image).repeat_interleave(2).image is None  # nothing kept, nothing repeated
+
+
 def test_anchor_warmup_trains_the_condition_model_alone_first() -> None:
     """During the warm-up the denoiser is never called and the loss is the anchor term at every timestep."""
     sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type="sample")
@@ -516,7 +538,8 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
 @pytest.mark.slow
 def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
     """x0 prediction, min-SNR, anchor and image concatenation, residual, timestep groups, bf16, recycling, the anchor
-    warm-up, self-conditioning and the validation diagnostics through the real training workflow (tiny network, one epoch)."""
+    warm-up, self-conditioning and the validation diagnostics through the real training workflow (tiny network, one
+    epoch)."""
     wf = bundle_workflow(
         "train.yaml",
         "quick.yaml",

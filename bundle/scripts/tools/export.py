@@ -168,7 +168,7 @@ class ExportedMedSegDiffV2(nn.Module):
         t = torch.as_tensor(timesteps, dtype=torch.float32, device=x.device).reshape(-1)
         if t.numel() != 1:
             raise ValueError("the exported denoiser takes one timestep shared by the batch (as in sampling).")
-        return self.denoiser_program(x, t, *condition)
+        return self.denoiser_program(x, t, *condition[:3])  # no image: export refuses concat_image networks
 
 
 def export(
