@@ -79,10 +79,10 @@ class MedSegDiffV2(nn.Module):
             channel group of f_d). Not in the paper.
         anchor_residual: also add a zero-initialised 1x1 projection of f_anc to f_d'. Not in the paper.
         concat_anchor: feed the Condition Model's anchor probabilities to the denoiser next to x_t. Not in the paper.
-        concat_image: feed the raw image to the denoiser next to x_t, as the authors' released code does. Not in the
-            paper.
         self_condition: feed the previous x0 estimate to the denoiser next to x_t (self-conditioning, Chen et al.,
             "Analog Bits", 2022; zeros when there is none). Not in the paper.
+        concat_image: feed the raw image to the denoiser next to x_t, as the authors' released code does. Not in the
+            paper.
     """
 
     def __init__(
