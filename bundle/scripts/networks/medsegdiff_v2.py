@@ -183,9 +183,11 @@ class MedSegDiffV2(nn.Module):
 
     # -- the two models ------------------------------------------------------------------------------------------
     def condition(self, image: torch.Tensor) -> ConditionOutput:
-        """Runs the Condition Model once; reuse the result for every sampling step and ensemble member."""
+        """Runs the Condition Model once; reuse the result for every sampling step and ensemble member (a
+        ``concat_image`` network's condition also carries the image)."""
         self._check(image, self.in_channels, "image")
-        return self.condition_model(image)
+        out = self.condition_model(image)
+        return out._replace(image=image) if self.concat_image else out
 
     def forward(
         self,

@@ -81,7 +81,7 @@ class ConditionOutput(NamedTuple):
     anchor_logits: torch.Tensor  # (B, K, H, W) anchor segmentation, supervised by L_dice + beta L_ce (eq. 3)
     feature: torch.Tensor  # f_c^{-1}: last decoded feature (B, C0, H, W), input of the Anchor Condition (eq. 4)
     embedding: torch.Tensor  # c^0: deepest embedding (B, C_last, H/s, W/s), input of the SS-Former
-    image: torch.Tensor | None = None  # the raw image, for a ``concat_image`` denoiser (None: not kept)
+    image: torch.Tensor | None = None  # the raw image, kept only for a ``concat_image`` denoiser
 
     def repeat_interleave(self, repeats: int) -> ConditionOutput:
         """Each image's condition repeated ``repeats`` times along the batch (for an ensemble run as one batch)."""
@@ -108,4 +108,4 @@ class ConditionModel(nn.Module):
     def forward(self, image: torch.Tensor) -> ConditionOutput:
         c0, skips = self.trunk.encode(self.stem(image))
         feature = self.trunk.decode(c0, skips)
-        return ConditionOutput(self.head(feature), feature, c0, image)
+        return ConditionOutput(self.head(feature), feature, c0)

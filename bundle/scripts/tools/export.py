@@ -46,7 +46,7 @@ class ConditionProgram(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(self.net.condition(image))[:3]  # the image itself is not an output
+        return self.net.condition(image)[:3]  # no image: export refuses concat_image networks
 
 
 class DenoiserProgram(nn.Module):
@@ -97,7 +97,7 @@ def export_programs(net: MedSegDiffV2, roi_size: int) -> dict[str, torch.export.
     x = torch.randn(2, net.out_channels, roi_size, roi_size)
     t = torch.tensor([500.0])
     with torch.no_grad():
-        cond = tuple(net.condition(image))[:3]
+        cond = net.condition(image)[:3]
         condition = torch.export.export(ConditionProgram(net), (image,), dynamic_shapes=(batch,))
         denoiser = torch.export.export(
             DenoiserProgram(net), (x, t, *cond), dynamic_shapes=(batch, None, batch, batch, batch)
