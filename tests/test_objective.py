@@ -349,6 +349,24 @@ def test_anchor_warmup_trains_the_condition_model_alone_first() -> None:
     assert pred["loss_n"].abs().sum() == 0 and (pred["loss_anchor"] > 0).all() and loss > 0
 
 
+def test_anchor_warmup_learning_rate_holds_during_the_warmup_only() -> None:
+    """The warm-up runs at its own learning rate, joint training at the optimizer's (the configured learning_rate)."""
+    inferer = SegDiffusionTrainingInferer(DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta"))
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=2e-4)
+    warmup = AnchorWarmup(inferer, iterations=2, optimizer=optimizer, learning_rate=2e-3)
+    engine = Engine(lambda e, b: None)
+    warmup.attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(optimizer.param_groups[0]["lr"]))
+    engine.run([0, 1, 2, 3], max_epochs=1)
+    assert seen == [2e-3, 2e-3, 2e-4, 2e-4]
+    with pytest.raises(ValueError, match="optimizer"):
+        AnchorWarmup(inferer, iterations=2, learning_rate=2e-3)
+    plain = AnchorWarmup(inferer, iterations=2, optimizer=optimizer)  # no warm-up rate: the optimizer's throughout
+    plain(engine)
+    assert optimizer.param_groups[0]["lr"] == 2e-4
+
+
 def test_min_snr_weights_follow_hang_et_al() -> None:
     t = torch.tensor([0, 100, 500, 999])
     for kind in PREDICTION_TYPES:
@@ -559,12 +577,15 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         sample_start_t=600,
         recycling=1.0,
         anchor_warmup_iterations=2,
+        anchor_warmup_learning_rate=1e-3,
         self_condition=True,
         anchor_corruption=2.0,
         concat_image=True,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
     assert wf.parser.get_parsed_content("train#inferer").anchor_corruption == 2.0
+    warmup = next(h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, AnchorWarmup))
+    assert warmup.learning_rate == 1e-3 and warmup.optimizer is wf.parser.get_parsed_content("optimizer")
     assert wf.parser.get_parsed_content("network_def").concat_image
     wf.run()
     metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics

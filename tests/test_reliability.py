@@ -445,6 +445,7 @@ BAD = [
     ("eval_split", "testing", "one of 'validation', 'test'"),
     ("ece_bins", 0, "an integer >= 1"),
     ("anchor_corruption", -1.0, "a number >= 0"),
+    ("anchor_warmup_learning_rate", 0, "null/None or a number > 0"),
     ("concat_image", "yes", "True or False"),
 ]
 

@@ -221,12 +221,26 @@ class SegDiffusionTrainingInferer(Inferer):
 
 class AnchorWarmup:
     """Curriculum: the first ``iterations`` training iterations train the Condition Model alone as a plain
-    segmenter (eq. 3's anchor term at every step, no denoiser call), then joint training starts. Not in the paper."""
+    segmenter (eq. 3's anchor term at every step, no denoiser call), then joint training starts. Not in the paper.
 
-    def __init__(self, inferer: SegDiffusionTrainingInferer, iterations: int = 0) -> None:
+    With ``learning_rate`` (and the ``optimizer``) the warm-up runs at that learning rate, as a supervised segmenter
+    would; joint training then uses the optimizer's own (the configured ``learning_rate``)."""
+
+    def __init__(
+        self,
+        inferer: SegDiffusionTrainingInferer,
+        iterations: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
+        learning_rate: float | None = None,
+    ) -> None:
         if iterations < 0:
             raise ValueError(f"anchor_warmup_iterations must be >= 0, got {iterations}.")
+        if learning_rate is not None and (optimizer is None or learning_rate <= 0):
+            raise ValueError(f"a warm-up learning rate needs the optimizer and must be > 0, got {learning_rate}.")
         self.inferer, self.iterations = inferer, iterations
+        self.optimizer, self.learning_rate = optimizer, learning_rate
+        # the joint phase's rates; the resume handler also restores the configured rate at start
+        self.joint_lrs = [group["lr"] for group in optimizer.param_groups] if optimizer is not None else []
 
     def attach(self, engine: Engine) -> None:
         if self.iterations:
@@ -234,6 +248,9 @@ class AnchorWarmup:
 
     def __call__(self, engine: Engine) -> None:
         self.inferer.warmup = engine.state.iteration <= self.iterations
+        if self.learning_rate is not None and self.optimizer is not None:
+            for group, joint in zip(self.optimizer.param_groups, self.joint_lrs, strict=True):
+                group["lr"] = self.learning_rate if self.inferer.warmup else joint
 
 
 class MedSegDiffLoss(nn.Module):

@@ -204,6 +204,7 @@ RULES: tuple[Rule, ...] = (
     Rule("recycling", number(0.0, 1.0)),
     Rule("anchor_corruption", number(0.0)),
     Rule("anchor_warmup_iterations", integer(0)),
+    Rule("anchor_warmup_learning_rate", optional(number(0.0, low_open=True))),
     Rule("timestep_groups", optional(integer(1))),
     Rule("amp", boolean()),
     Rule("filter_checkpointing", boolean()),
