@@ -367,6 +367,24 @@ def test_anchor_warmup_learning_rate_holds_during_the_warmup_only() -> None:
     assert optimizer.param_groups[0]["lr"] == 2e-4
 
 
+def test_loss_gate_alpha_one_applies_the_anchor_term_at_every_step_and_bad_values_are_refused() -> None:
+    pred = {
+        "prediction": torch.zeros(2, 1, 4, 4),
+        "target": torch.zeros(2, 1, 4, 4),
+        "weight": torch.ones(2),
+        "anchor": torch.zeros(2, 1, 4, 4),
+        "timesteps": torch.tensor([5, 6]),
+    }
+    MedSegDiffLoss(alpha=1, beta=10.0)(pred, torch.ones(2, 1, 4, 4))
+    assert (pred["loss_anchor"] > 0).all()
+    for alpha in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="loss#alpha"):
+            MedSegDiffLoss(alpha=alpha)
+    for beta in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="loss#beta"):
+            MedSegDiffLoss(beta=beta)
+
+
 def test_min_snr_weights_follow_hang_et_al() -> None:
     t = torch.tensor([0, 100, 500, 999])
     for kind in PREDICTION_TYPES:

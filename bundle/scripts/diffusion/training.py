@@ -265,6 +265,10 @@ class MedSegDiffLoss(nn.Module):
 
     def __init__(self, alpha: int = 5, beta: float = 10.0) -> None:
         super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1:
+            raise ValueError(f"loss#alpha must be an integer >= 1 (1: the anchor term at every step), got {alpha!r}.")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < float("inf"):
+            raise ValueError(f"loss#beta must be a finite number >= 0, got {beta!r}.")
         self.alpha, self.beta = alpha, beta
         self.dice = DiceLoss(sigmoid=True, reduction="none")
 
