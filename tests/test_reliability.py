@@ -417,6 +417,7 @@ GOOD = {
     "preset": None,
     "resume": True,
     "cache_rate": 1.0,
+    "loss#alpha": 1,
 }
 BAD = [
     ("sampler", "dpm", "one of 'ddpm', 'ddim'"),
@@ -445,6 +446,8 @@ BAD = [
     ("eval_split", "testing", "one of 'validation', 'test'"),
     ("ece_bins", 0, "an integer >= 1"),
     ("anchor_corruption", -1.0, "a number >= 0"),
+    ("loss#alpha", 0, "an integer >= 1"),
+    ("loss#beta", -1.0, "a number >= 0"),
     ("anchor_warmup_learning_rate", 0, "null/None or a number > 0"),
     ("concat_image", "yes", "True or False"),
 ]

@@ -202,6 +202,8 @@ RULES: tuple[Rule, ...] = (
     Rule("prediction_type", one_of(*(t.value for t in DDPMPredictionType))),
     Rule("snr_gamma", optional(number(0.0, low_open=True))),
     Rule("recycling", number(0.0, 1.0)),
+    Rule("loss#alpha", integer(1)),  # eq. 3: the anchor term for the cases with t = 0 mod alpha (1: every case)
+    Rule("loss#beta", number(0.0)),
     Rule("anchor_corruption", number(0.0)),
     Rule("anchor_warmup_iterations", integer(0)),
     Rule("anchor_warmup_learning_rate", optional(number(0.0, low_open=True))),
