@@ -33,7 +33,7 @@ SAMPLING = {"sampler": "ddim", "num_inference_steps": 2, "ensemble_size": 5, "fu
 
 
 def candidates(
-    members: np.ndarray, anchor: np.ndarray, slice_axis: int | None
+    members: np.ndarray, anchor: np.ndarray, slice_axis: int | None, weights: tuple[float, ...] = WEIGHTS
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Uncertainty maps (*spatial) and foreground probabilities (K, *spatial) from soft members (N, K, *spatial) and
     the anchor probability (K, *spatial); an entropy map is the maximum over classes, as ``EnsembleFusiond``'s. The
@@ -46,14 +46,14 @@ def candidates(
         "anchor entropy": binary_entropy(anchor).max(0),
     }
     probs = {"members' mean": mean, "anchor": anchor}
-    for w in WEIGHTS:
+    for w in weights:
         mixed = w * anchor + (1 - w) * mean
         maps[f"entropy of {w:g} anchor + {1 - w:g} members"] = binary_entropy(mixed).max(0)
         maps[f"{w:g} anchor entropy + {1 - w:g} members' entropy"] = (
             w * binary_entropy(anchor) + (1 - w) * binary_entropy(mean)
         ).max(0)
         probs[f"{w:g} anchor + {1 - w:g} members"] = mixed
-    for name in ["members' entropy (default)"] + [f"entropy of {w:g} anchor + {1 - w:g} members" for w in WEIGHTS]:
+    for name in ["members' entropy (default)"] + [f"entropy of {w:g} anchor + {1 - w:g} members" for w in weights]:
         for sigma in SIGMAS:
             sigmas = [0.0 if axis == slice_axis else sigma for axis in range(maps[name].ndim)]  # as the configs' key
             maps[f"{name}, smoothed {sigma:g} px"] = GaussianSmooth(sigmas)(maps[name][None])[0].numpy()
@@ -63,6 +63,7 @@ def candidates(
 def main() -> None:
     ap = arg_parser(__doc__)
     add_weights_arguments(ap, overlays=["weights/isic_128.yaml"], cases=0)
+    ap.add_argument("--anchor_weights", nargs="+", type=float, default=list(WEIGHTS), help="the anchor's shares to mix")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. ensemble_size=10")
     args = absolute_paths(ap.parse_args(), "weights", "dataset_dir", "datalist", "json")
     overrides = {k: json.loads(v) if v[:1] in "0123456789[{tfn-" else v for k, v in (s.split("=", 1) for s in args.set)}
@@ -87,7 +88,7 @@ def main() -> None:
         errors = torch.as_tensor(fused != truth)[None, None].float()
         dice["ensemble (STAPLE)"].append(label_dice(fused, truth, k))
         dice["anchor"].append(label_dice(onehot_to_labels(anchor > 0.5, 0), truth, k))
-        maps, probs = candidates(members, anchor, slice_axis)
+        maps, probs = candidates(members, anchor, slice_axis, tuple(args.anchor_weights))
         for name, m in maps.items():
             auroc_metrics.setdefault(name, ErrorDetectionAUROC())(
                 torch.as_tensor(m, dtype=torch.float32)[None, None], errors

@@ -385,6 +385,38 @@ def test_loss_gate_alpha_one_applies_the_anchor_term_at_every_step_and_bad_value
             MedSegDiffLoss(beta=beta)
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_x0_loss_scores_the_denoisers_own_x0_estimate_as_a_segmentation(prediction_type: str) -> None:
+    """x0_weight adds x0_weight (Dice + beta BCE) of (x0 + 1) / 2, the x0 that the prediction implies for every
+    prediction_type, with a gradient to the network; 0 leaves eq. 3 as it was; bad weights are refused."""
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta", prediction_type=prediction_type)
+    torch.manual_seed(0)
+    net = MedSegDiffV2(3, 1, **TINY_NET)
+    image, truth = torch.randn(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    t, noise = torch.tensor([100, 700]), torch.randn(2, 1, 16, 16)
+    pred = SegDiffusionTrainingInferer(sched)(image, net, truth, noise, t)
+    x_t = sched.add_noise(original_samples=truth * 2 - 1, noise=noise, timesteps=t)
+    torch.testing.assert_close(pred["x0"], predicted_x0(sched, pred["prediction"], x_t, t))
+    plain = MedSegDiffLoss(alpha=5, beta=10.0)({**pred}, truth)
+    weighted = {**pred}
+    loss = MedSegDiffLoss(alpha=5, beta=10.0, x0_weight=0.5)(weighted, truth)
+    p = ((pred["x0"] + 1) / 2).clamp(1e-4, 1 - 1e-4)
+    inter = (p * truth).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1e-5) / (p.flatten(1).sum(1) + truth.flatten(1).sum(1) + 1e-5)
+    bce = -(truth * p.log() + (1 - truth) * (1 - p).log()).flatten(1).mean(1)
+    torch.testing.assert_close(weighted["loss_x0"], 0.5 * (dice + 10.0 * bce).detach())
+    torch.testing.assert_close(loss, plain + weighted["loss_x0"].mean())
+    terms = loss_terms({"loss": loss, "pred": weighted})
+    assert terms["loss_x0"] == pytest.approx(weighted["loss_x0"].mean().item()) and "loss_x0" not in loss_terms(
+        {"loss": plain, "pred": {k: v for k, v in weighted.items() if k != "loss_x0"}}
+    )
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="x0_loss_weight"):
+            MedSegDiffLoss(x0_weight=bad)
+
+
 def test_min_snr_weights_follow_hang_et_al() -> None:
     t = torch.tensor([0, 100, 500, 999])
     for kind in PREDICTION_TYPES:
@@ -574,8 +606,8 @@ def test_ema_momentum_grows_its_window_with_the_run() -> None:
 @pytest.mark.slow
 def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., ConfigWorkflow], tmp_path: Path) -> None:
     """x0 prediction, min-SNR, anchor and image concatenation, residual, timestep groups, bf16, recycling, the anchor
-    warm-up, self-conditioning and the validation diagnostics through the real training workflow (tiny network, one
-    epoch)."""
+    warm-up, self-conditioning, the x0 loss and the validation diagnostics through the real training workflow (tiny
+    network, one epoch)."""
     wf = bundle_workflow(
         "train.yaml",
         "quick.yaml",
@@ -599,9 +631,11 @@ def test_new_keys_run_through_monai_bundle(bundle_workflow: Callable[..., Config
         self_condition=True,
         anchor_corruption=2.0,
         concat_image=True,
+        x0_loss_weight=0.5,
         **{f"network_def#{k}": v for k, v in TINY_NET.items()},
     )
     assert wf.parser.get_parsed_content("train#inferer").anchor_corruption == 2.0
+    assert wf.parser.get_parsed_content("loss").x0_weight == 0.5
     warmup = next(h for h in wf.parser.get_parsed_content("train#handlers") if isinstance(h, AnchorWarmup))
     assert warmup.learning_rate == 1e-3 and warmup.optimizer is wf.parser.get_parsed_content("optimizer")
     assert wf.parser.get_parsed_content("network_def").concat_image

@@ -418,6 +418,7 @@ GOOD = {
     "resume": True,
     "cache_rate": 1.0,
     "loss#alpha": 1,
+    "x0_loss_weight": 0.5,
 }
 BAD = [
     ("sampler", "dpm", "one of 'ddpm', 'ddim'"),
@@ -448,6 +449,7 @@ BAD = [
     ("anchor_corruption", -1.0, "a number >= 0"),
     ("loss#alpha", 0, "an integer >= 1"),
     ("loss#beta", -1.0, "a number >= 0"),
+    ("x0_loss_weight", -0.5, "a number >= 0"),
     ("anchor_warmup_learning_rate", 0, "null/None or a number > 0"),
     ("concat_image", "yes", "True or False"),
 ]

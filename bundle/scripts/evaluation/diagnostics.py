@@ -84,13 +84,15 @@ class ImageRelianceHandler:
 
 def loss_terms(output: list[dict] | dict) -> dict[str, float]:
     """Iteration log of a training step: the total loss and, for the diffusion model, eq. 3's two terms (batch means
-    of L_n and of the gated anchor term); an ``output_transform`` for StatsHandler / TensorBoardStatsHandler."""
+    of L_n and of the gated anchor term) and the x0 loss where it is on; an ``output_transform`` for StatsHandler /
+    TensorBoardStatsHandler."""
     items = output if isinstance(output, list) else [output]
     terms = {"train_loss": float(items[0]["loss"])}
     preds = [item.get("pred") for item in items]
     if all(isinstance(p, Mapping) and "loss_n" in p for p in preds):
-        for key in ("loss_n", "loss_anchor"):
-            terms[key] = float(torch.stack([torch.as_tensor(p[key]).float().mean() for p in preds]).mean())
+        for key in ("loss_n", "loss_anchor", "loss_x0"):
+            if all(key in p for p in preds):
+                terms[key] = float(torch.stack([torch.as_tensor(p[key]).float().mean() for p in preds]).mean())
     return terms
 
 

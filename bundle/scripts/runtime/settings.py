@@ -205,6 +205,7 @@ RULES: tuple[Rule, ...] = (
     Rule("loss#alpha", integer(1)),  # eq. 3: the anchor term for the cases with t = 0 mod alpha (1: every case)
     Rule("loss#beta", number(0.0)),
     Rule("anchor_corruption", number(0.0)),
+    Rule("x0_loss_weight", number(0.0)),
     Rule("anchor_warmup_iterations", integer(0)),
     Rule("anchor_warmup_learning_rate", optional(number(0.0, low_open=True))),
     Rule("timestep_groups", optional(integer(1))),
