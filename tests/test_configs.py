@@ -89,7 +89,9 @@ def test_each_weights_overlay_trains_and_evaluates_its_shipped_weights(
     bundle_root: Path, committed_file: Callable[[str], Path], weights: str
 ) -> None:
     """train.yaml + the weights overlay builds the network the shipped file fits (no hand-typed --roi_size or
-    --patch_size), with the resolution of its default inference config, and the quick demo trains that architecture."""
+    --patch_size), with the resolution of its default inference config, and the quick demo trains that architecture;
+    the overlay and the inference config also agree on the input (context_slices) and the weights' own uncertainty
+    map (uncertainty_anchor_weight, chosen on their validation list)."""
     overlays, inference, quick = WEIGHTS[weights]
     state = torch.load(committed_file(weights), map_location="cpu", weights_only=True)["model"]
     parsed = {}
@@ -103,7 +105,10 @@ def test_each_weights_overlay_trains_and_evaluates_its_shipped_weights(
         parser["bundle_root"] = str(bundle_root)
         parser.get_parsed_content("network_def").load_state_dict(state, strict=True)
         parsed[name] = {k: parser.get_parsed_content(k) for k in ("preset", "roi_size", "patch_size")}
-    assert parsed["train"] == parsed["inference"] == parsed["quick"]
+        if name != "quick":
+            parsed[name] |= {k: parser.get(k) for k in ("context_slices", "uncertainty_anchor_weight")}
+    assert parsed["train"] == parsed["inference"]
+    assert {k: parsed["train"][k] for k in parsed["quick"]} == parsed["quick"]
 
 
 @pytest.mark.slow
