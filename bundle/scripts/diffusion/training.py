@@ -295,10 +295,10 @@ class MedSegDiffLoss(nn.Module):
         l_anchor = gate * (l_dice + self.beta * l_ce)
         pred["loss_n"], pred["loss_anchor"] = l_n.detach(), l_anchor.detach()
         if self.x0_weight and not warmup:
-            p = ((pred["x0"] + 1) / 2).clamp(X0_PROBABILITY_EPS, 1 - X0_PROBABILITY_EPS)
-            l_x0 = self.dice_probability(p, label).flatten(1).mean(1)
+            p = ((pred["x0"].float() + 1) / 2).clamp(X0_PROBABILITY_EPS, 1 - X0_PROBABILITY_EPS)
+            bce = -(label * p.log() + (1 - label) * (1 - p).log())  # by hand: F.binary_cross_entropy refuses autocast
             l_x0 = self.x0_weight * (
-                l_x0 + self.beta * F.binary_cross_entropy(p, label, reduction="none").flatten(1).mean(1)
+                self.dice_probability(p, label).flatten(1).mean(1) + self.beta * bce.flatten(1).mean(1)
             )
             pred["loss_x0"] = l_x0.detach()
             l_n = l_n + l_x0
