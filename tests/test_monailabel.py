@@ -179,6 +179,8 @@ def test_info_lists_both_models_their_settings_and_the_uncertainty_strategy(serv
     assert image["config"]["num_inference_steps"] == defaults["num_inference_steps"]
     assert image["config"]["ensemble_size"] == defaults["ensemble_size"]
     assert image["config"]["uncertainty_sigma"] == defaults["uncertainty_sigma"]
+    volume_sigma = yaml.safe_load((bundle_root / "configs" / "inference_volume.yaml").read_text())["uncertainty_sigma"]
+    assert volume["config"]["uncertainty_sigma"] == volume_sigma != defaults["uncertainty_sigma"]  # its weights' own
     assert "uncertainty" in info["strategies"] and "uncertainty" in info["scoring"]
 
 
