@@ -3,12 +3,17 @@ anchor-initialised starts, and the Condition Model's anchor alone and as one mor
 
 Each case is sampled once per (sampler, steps, start) with the largest ensemble; a smaller ensemble is the first n of
 those members (members are independent draws), so one run scores every members x steps cell. Members are soft, fused
-as inference fuses them (thresholded at 0.5, then STAPLE); Dice is MONAI's, per class, averaged. 2D cases only (ISIC):
-volumes' slices are sampled the same way, one slice at a time. Select on ``--split validation``; report test once.
+as inference fuses them (thresholded at 0.5, then STAPLE); Dice is MONAI's, per class, averaged. Volumes (with
+``--overlays volume.yaml ...``) are sampled slice by slice as the configs sample them (``slice_axis``,
+``context_slices``, ``slice_batch``) and scored whole, in the network's space; their calls are per slice. Select on
+``--split validation``; report test once.
 
     python bench/denoiser_calls.py --weights bundle/models/model.pt --overlays weights/isic_128.yaml \
         --dataset_dir ../shared/data/isic2018_task1_256 --datalist bundle/docs/splits/isic2018_split.json \
         --split validation --runs ddpm:1 ddpm:2 ddpm:5 ddpm:10 ddim:2 ddim:10 ddpm:2@400 --json calls.json
+    python bench/denoiser_calls.py --weights bundle/models/model_hippocampus.pt \
+        --overlays volume.yaml weights/hippocampus_64.yaml --dataset_dir ../shared/data/msd_hippocampus \
+        --datalist bundle/docs/splits/msd_hippocampus_split.json --split validation --json calls_hippocampus.json
 """
 
 from __future__ import annotations
@@ -73,20 +78,31 @@ def main() -> None:
         scores.setdefault(name, []).append(value)
         calls[name] = n_calls
 
+    slicing = {key: parser.get_parsed_content(key) for key in ("slice_axis", "slice_batch", "context_slices")}
     t0, n_cases = time.perf_counter(), 0
     for i, batch in enumerate(parser.get_parsed_content("validate#dataloader")):
         if args.cases and i >= args.cases:
             break
         image, truth = batch["image"], onehot_to_labels(batch["label"][0].numpy(), 0)
-        with torch.no_grad():
-            anchor = (torch.sigmoid(net.condition(image).anchor_logits)[0] > 0.5).numpy().astype(np.uint8)
-        add("anchor alone (Condition Model)", 0, label_dice(onehot_to_labels(anchor, 0), truth, k))
+        anchor = None
         for sampler, steps, start in runs:
             sched = SAMPLERS[sampler](t_train, schedule="linear_beta", prediction_type=prediction_type)
             inferer = DiffusionSegmentationInferer(
-                sched, steps, members_max, fusion="samples", seed=i, soft_members=True, start_t=start
+                sched,
+                steps,
+                members_max,
+                fusion="samples",
+                seed=i,
+                soft_members=True,
+                start_t=start,
+                anchor_probability=True,
+                **slicing,
             )
-            members = (inferer(image, net)[0].numpy().reshape(members_max, k, *truth.shape) > 0.5).astype(np.uint8)
+            out = inferer(image, net)[0].float().numpy()  # (N*K + K, *spatial): the members, then the anchor
+            members = (out[: members_max * k].reshape(members_max, k, *truth.shape) > 0.5).astype(np.uint8)
+            if anchor is None:  # the Condition Model's mask: the same in every run
+                anchor = (out[members_max * k :] > 0.5).astype(np.uint8)
+                add("anchor alone (Condition Model)", 0, label_dice(onehot_to_labels(anchor, 0), truth, k))
             tag = f"{sampler}{'' if start is None else f', anchor start t={start}'}"
             for m, s in GRID:
                 if s == steps and (start is None or m == members_max):
@@ -101,7 +117,7 @@ def main() -> None:
         if n_cases % 10 == 0:
             print(f"{n_cases} cases, {time.perf_counter() - t0:.0f} s", flush=True)
     rows = sorted(scores, key=lambda name: (calls[name], name))
-    table = ["| setting (members x steps, sampler) | denoiser calls per image | Dice |", "|---|---:|---:|"]
+    table = ["| setting (members x steps, sampler) | denoiser calls per image (slice) | Dice |", "|---|---:|---:|"]
     table += [f"| {name} | {calls[name]} | {np.mean(scores[name]):.4f} |" for name in rows]
     print("\n".join(table))
     result = {
